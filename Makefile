@@ -1,0 +1,29 @@
+# Each target that runs code depends on the venv stamp, so `make test` or `make demo`
+# on a fresh clone creates .venv first, and a later run reinstalls only when
+# pyproject.toml is newer than the stamp.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: test demo gradient-check bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+demo: $(STAMP)
+	$(PY) experiments/softmax_regression.py
+
+gradient-check: $(STAMP)
+	$(PY) experiments/gradient_check.py
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_loss.py
+
+clean:
+	rm -rf $(VENV) results .pytest_cache .hypothesis
