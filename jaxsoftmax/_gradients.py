@@ -1,0 +1,353 @@
+r"""Manual gradients written out as explicit functions.
+
+These are the lecture's and the MLP post's formulas, computed directly rather
+than through autodiff: the structured softmax-regression gradient
+:math:`X^\top(Z - I_y)/B`, layer-by-layer MLP backprop, and, for the
+experiment only, the naive approach that materializes the Jacobian
+:math:`\partial h / \partial \Theta`. Each returns a pytree shaped like the
+params and equals ``jax.grad`` of the matching loss (tests check it).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from jaxsoftmax import _losses
+from jaxsoftmax import _models
+from jaxsoftmax import _numerics
+from jaxsoftmax import _validation as v
+
+
+def _check_batch(x, labels, num_features, num_classes):
+  x = jnp.asarray(x)
+  labels = jnp.asarray(labels)
+  v.check_floating("x", x)
+  v.check_rank("x", x, 2, "[batch, num_features]")
+  v.check_integer("labels", labels)
+  v.check_same_shape("labels", labels, x.shape[:1], "[batch]")
+  if x.shape[1] != num_features:
+    raise ValueError(
+        f"x must have {num_features} features to match the params; got x of"
+        f" shape {x.shape}."
+    )
+  v.check_labels_in_range("labels", labels, num_classes)
+  v.check_finite("x", x)
+  return x, labels
+
+
+def _softmax_minus_onehot(logits, labels):
+  """``Z - I_y`` in the accumulation dtype, and the per-row losses.
+
+  The one-hot is applied as a scatter-add of -1 on the label entries, so no
+  ``[B, K]`` indicator matrix is built.
+  """
+  hf = _numerics.upcast(logits)
+  lse = _numerics.logsumexp(hf)
+  z = _numerics.softmax_from_lse(hf, lse)
+  rows = jnp.arange(hf.shape[0])
+  # As in cross_entropy: under jit an out-of-range label turns its row's loss
+  # and gradient into NaN instead of reading or writing a clamped entry.
+  loss = lse - hf.at[rows, labels].get(mode="fill", fill_value=jnp.nan)
+  in_range = (labels >= 0) & (labels < hf.shape[1])
+  g = z.at[rows, labels].add(-1, mode="drop")
+  return jnp.where(in_range[:, None], g, jnp.nan), loss
+
+
+def _penalty_grad(w, l1, l2):
+  # sign(0) = 0, as in penalty's VJP.
+  return l1 * jnp.sign(w) + l2 * w
+
+
+def softmax_regression_loss(
+    params: _models.LinearParams,
+    x: ArrayLike,
+    labels: ArrayLike,
+    *,
+    l1: ArrayLike = 0.0,
+    l2: ArrayLike = 0.0,
+) -> jax.Array:
+  r"""Mean softmax loss of softmax regression plus the elastic-net penalty.
+
+  .. math::
+    L(\Theta, b) = \frac{1}{B} \sum_{i=1}^{B}
+      \ell_{ce}(\Theta^\top x_i + b, y_i)
+      + \lambda_1 \|\Theta\|_1 + \frac{\lambda_2}{2} \|\Theta\|_2^2
+
+  Args:
+    params: ``{"w": [d, K], "b": [K]}``.
+    x: ``[B, d]`` features.
+    labels: ``[B]`` integer labels.
+    l1: :math:`\lambda_1 \ge 0`.
+    l2: :math:`\lambda_2 \ge 0`.
+
+  Returns:
+    A scalar.
+
+  References:
+    E. Kim, "ML refresher / softmax regression", Data 188 lecture 2 (2026).
+  """
+  return _losses.cross_entropy(
+      _models.linear_logits(params, x), labels
+  ) + _losses.penalty(params, l1=l1, l2=l2)
+
+
+def softmax_regression_value_and_grad(
+    params: _models.LinearParams,
+    x: ArrayLike,
+    labels: ArrayLike,
+    *,
+    l1: ArrayLike = 0.0,
+    l2: ArrayLike = 0.0,
+) -> tuple[jax.Array, _models.LinearParams]:
+  r"""Loss and closed-form gradient of :func:`softmax_regression_loss`.
+
+  .. math::
+    Z = \operatorname{softmax}(X\Theta + b), \qquad
+    \nabla_\Theta L = \frac{1}{B} X^\top (Z - I_y)
+      + \lambda_1 \operatorname{sign}(\Theta) + \lambda_2 \Theta, \qquad
+    \nabla_b L = \frac{1}{B} \mathbf{1}^\top (Z - I_y)
+
+  :math:`I_y` is the ``[B, K]`` one-hot matrix of the labels (applied here as
+  a scatter, never built). Costs two ``[B, d] x [d, K]``-sized matmuls and
+  :math:`O(dK)` memory beyond the logits, against :math:`O(dK^2)` per example
+  for the naive Jacobian (:func:`naive_jacobian_grad`). The L1 term uses
+  ``sign(0) = 0``.
+
+  Args:
+    params: ``{"w": [d, K], "b": [K]}``.
+    x: ``[B, d]`` features (finite; checked on eager calls).
+    labels: ``[B]`` integer labels in ``[0, K)``.
+    l1: :math:`\lambda_1 \ge 0`.
+    l2: :math:`\lambda_2 \ge 0`.
+
+  Returns:
+    ``(loss, {"w": [d, K], "b": [K]})``.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp
+    >>> from jaxsoftmax import linear_init, softmax_regression_value_and_grad
+    >>> params = linear_init(jax.random.key(0), 3, 4)
+    >>> loss, grads = softmax_regression_value_and_grad(
+    ...     params, jnp.ones((2, 3)), jnp.array([0, 3]))
+    >>> grads["w"].shape
+    (3, 4)
+
+  References:
+    E. Kim, "ML refresher / softmax regression", Data 188 lecture 2 (2026):
+    :math:`\nabla_\Theta \ell_{ce}(X\Theta, y) = X^\top (Z - I_y)`.
+  """
+  w, b = params["w"], params["b"]
+  _models._check_layer("params", w, b)
+  x, labels = _check_batch(x, labels, w.shape[0], w.shape[1])
+  v.check_nonnegative("l1", l1)
+  v.check_nonnegative("l2", l2)
+  batch = x.shape[0]
+  g, rows = _softmax_minus_onehot(_models.linear_logits(params, x), labels)
+  g = g / batch
+  acc = g.dtype
+  dw = jnp.matmul(x.T, g.astype(x.dtype), preferred_element_type=acc)
+  dw = dw + _penalty_grad(w.astype(acc), l1, l2)
+  db = jnp.sum(g, axis=0)
+  loss = jnp.mean(rows) + _losses.penalty(params, l1=l1, l2=l2)
+  return loss, {"w": dw.astype(w.dtype), "b": db.astype(b.dtype)}
+
+
+def softmax_regression_grad(
+    params: _models.LinearParams,
+    x: ArrayLike,
+    labels: ArrayLike,
+    *,
+    l1: ArrayLike = 0.0,
+    l2: ArrayLike = 0.0,
+) -> _models.LinearParams:
+  r"""Closed-form gradient :math:`X^\top(Z - I_y)/B` (+ penalty) of softmax regression.
+
+  The gradient half of :func:`softmax_regression_value_and_grad`; see there
+  for the math, shapes and reference.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp
+    >>> from jaxsoftmax import linear_init, softmax_regression_grad
+    >>> params = linear_init(jax.random.key(0), 3, 4)
+    >>> softmax_regression_grad(params, jnp.ones((2, 3)), jnp.array([0, 3]))["b"].shape
+    (4,)
+  """
+  return softmax_regression_value_and_grad(params, x, labels, l1=l1, l2=l2)[1]
+
+
+def mlp_loss(
+    params: _models.MLPParams,
+    x: ArrayLike,
+    labels: ArrayLike,
+    *,
+    l1: ArrayLike = 0.0,
+    l2: ArrayLike = 0.0,
+) -> jax.Array:
+  r"""Mean cross-entropy of a ReLU MLP plus the elastic-net penalty on weights.
+
+  Args:
+    params: from :func:`mlp_init`.
+    x: ``[B, d]`` features.
+    labels: ``[B]`` integer labels.
+    l1: :math:`\lambda_1 \ge 0`.
+    l2: :math:`\lambda_2 \ge 0`.
+
+  Returns:
+    A scalar.
+  """
+  return _losses.cross_entropy(
+      _models.mlp_logits(params, x), labels
+  ) + _losses.penalty(params, l1=l1, l2=l2)
+
+
+def mlp_value_and_grad(
+    params: _models.MLPParams,
+    x: ArrayLike,
+    labels: ArrayLike,
+    *,
+    l1: ArrayLike = 0.0,
+    l2: ArrayLike = 0.0,
+) -> tuple[jax.Array, _models.MLPParams]:
+  r"""Loss and backprop gradient of :func:`mlp_loss`, written out layer by layer.
+
+  Forward, keeping pre-activations :math:`A_l` and activations :math:`M_l`:
+
+  .. math::
+    M_0 = X, \quad A_l = M_{l-1} W_l + b_l, \quad M_l = \operatorname{relu}(A_l),
+    \quad O = A_{L+1}, \quad P = \operatorname{softmax}(O)
+
+  Backward, from :math:`G_{L+1} = \partial L / \partial O = (P - Y)/B`:
+
+  .. math::
+    \frac{\partial L}{\partial W_l} = M_{l-1}^\top G_l, \quad
+    \frac{\partial L}{\partial b_l} = \mathbf{1}^\top G_l, \quad
+    G_{l-1} = (G_l W_l^\top) \odot \mathbf{1}\{A_{l-1} > 0\}
+
+  plus :math:`\lambda_1 \operatorname{sign}(W_l) + \lambda_2 W_l` on each
+  weight. The ReLU derivative at exactly 0 is taken as 0, the convention of
+  ``jax.nn.relu``, so the result equals ``jax.grad`` everywhere.
+
+  Args:
+    params: from :func:`mlp_init`.
+    x: ``[B, d]`` features (finite; checked on eager calls).
+    labels: ``[B]`` integer labels in ``[0, K)``.
+    l1: :math:`\lambda_1 \ge 0`.
+    l2: :math:`\lambda_2 \ge 0`.
+
+  Returns:
+    ``(loss, grads)`` with grads shaped like ``params``.
+
+  References:
+    "Multilayer perceptron (MLP)", backward pass: :math:`\partial L/\partial O
+    = P - Y`, then layer by layer (seed 003).
+  """
+  if not params:
+    raise ValueError("params must hold at least one layer; got [].")
+  for i, layer in enumerate(params):
+    _models._check_layer(f"params[{i}]", layer["w"], layer["b"])
+  num_classes = params[-1]["w"].shape[1]
+  x, labels = _check_batch(x, labels, params[0]["w"].shape[0], num_classes)
+  v.check_nonnegative("l1", l1)
+  v.check_nonnegative("l2", l2)
+
+  activations = [x]
+  pre = []
+  h = x
+  for i, layer in enumerate(params):
+    a = _models._matmul(h, layer["w"]) + layer["b"]
+    pre.append(a)
+    h = jax.nn.relu(a) if i < len(params) - 1 else a
+    activations.append(h)
+
+  g, rows = _softmax_minus_onehot(pre[-1], labels)
+  g = g / x.shape[0]
+  acc = g.dtype
+  grads = [None] * len(params)
+  for i in reversed(range(len(params))):
+    w = params[i]["w"]
+    m_prev = activations[i]
+    dw = jnp.matmul(m_prev.T, g.astype(m_prev.dtype), preferred_element_type=acc)
+    dw = dw + _penalty_grad(w.astype(acc), l1, l2)
+    grads[i] = {"w": dw.astype(w.dtype), "b": jnp.sum(g, 0).astype(w.dtype)}
+    if i > 0:
+      g = jnp.matmul(g.astype(w.dtype), w.T, preferred_element_type=acc)
+      g = jnp.where(pre[i - 1] > 0, g, 0)
+  loss = jnp.mean(rows) + _losses.penalty(params, l1=l1, l2=l2)
+  return loss, grads
+
+
+def mlp_grad(
+    params: _models.MLPParams,
+    x: ArrayLike,
+    labels: ArrayLike,
+    *,
+    l1: ArrayLike = 0.0,
+    l2: ArrayLike = 0.0,
+) -> _models.MLPParams:
+  r"""Backprop gradient of :func:`mlp_loss`, written out layer by layer.
+
+  The gradient half of :func:`mlp_value_and_grad`; see there for the math.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp
+    >>> from jaxsoftmax import mlp_init, mlp_grad
+    >>> params = mlp_init(jax.random.key(0), [3, 5, 4])
+    >>> [g["w"].shape for g in mlp_grad(params, jnp.ones((2, 3)), jnp.array([0, 3]))]
+    [(3, 5), (5, 4)]
+  """
+  return mlp_value_and_grad(params, x, labels, l1=l1, l2=l2)[1]
+
+
+def naive_jacobian_grad(
+    params: _models.LinearParams,
+    x: ArrayLike,
+    labels: ArrayLike,
+) -> _models.LinearParams:
+  r"""The lecture's "approach 1": the gradient through an explicit Jacobian.
+
+  For each example the Jacobian of the logits with respect to the weights,
+
+  .. math::
+    J_i = \frac{\partial h(x_i)}{\partial \Theta} \in \mathbb{R}^{K \times dK},
+    \qquad (J_i)_{k, (a, c)} = x_{i,a}\, \delta_{kc},
+
+  is materialized (``[B, K, d, K]`` in all) and multiplied by
+  :math:`\partial \ell / \partial h = (z_i - e_{y_i})^\top`:
+
+  .. math::
+    \nabla_\Theta L = \frac{1}{B} \sum_i (z_i - e_{y_i})^\top J_i .
+
+  Memory :math:`O(B d K^2)` and time :math:`O(B d K^2)`, a factor :math:`K`
+  more than the structured :func:`softmax_regression_grad`; at
+  :math:`d = K = 1000` in float32 one example's :math:`J` is 4 GB. An
+  optimization barrier keeps XLA from fusing the Jacobian away, so the
+  measured cost is the approach's, not a rewritten one. Exists for the
+  gradient experiment; do not train with it.
+
+  Args:
+    params: ``{"w": [d, K], "b": [K]}``.
+    x: ``[B, d]`` features.
+    labels: ``[B]`` integer labels.
+
+  Returns:
+    ``{"w": [d, K], "b": [K]}``, the gradient of the unregularized mean loss.
+
+  References:
+    E. Kim, "ML refresher / softmax regression", Data 188 lecture 2 (2026),
+    "Time, memory complexity".
+  """
+  w, b = params["w"], params["b"]
+  _models._check_layer("params", w, b)
+  x, labels = _check_batch(x, labels, w.shape[0], w.shape[1])
+  num_classes = w.shape[1]
+  dlogits, _ = _softmax_minus_onehot(_models.linear_logits(params, x), labels)
+  dlogits = dlogits.astype(w.dtype) / x.shape[0]
+  eye = jnp.eye(num_classes, dtype=w.dtype)
+  jac_w = x[:, None, :, None] * eye[None, :, None, :]
+  jac_b = jnp.broadcast_to(eye, (x.shape[0], num_classes, num_classes))
+  jac_w, jac_b = jax.lax.optimization_barrier((jac_w, jac_b))
+  dw = jnp.einsum("bk,bkac->ac", dlogits, jac_w)
+  db = jnp.einsum("bk,bkc->c", dlogits, jac_b)
+  return {"w": dw, "b": db}

@@ -1,0 +1,140 @@
+"""Boundary checks shared by the public functions.
+
+Static properties (rank, shape, dtype, option values) are always checked. Value
+checks (label range, finiteness, signs) need concrete arrays, so they run only
+when the argument is not a tracer, that is, on eager calls; under ``jit`` the
+functions document what happens to bad values instead (NaN, never a silent
+wrong number).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+REDUCTIONS = ("none", "sum", "mean")
+
+
+def is_concrete(x: Any) -> bool:
+  """True when ``x`` holds values we can read on the host (not a tracer)."""
+  return not isinstance(x, jax.core.Tracer)
+
+
+def check_floating(name: str, x: jax.Array) -> None:
+  if not jnp.issubdtype(x.dtype, jnp.floating):
+    raise TypeError(
+        f"{name} must have a floating dtype (float16, bfloat16, float32 or"
+        f" float64); got {x.dtype} with shape {x.shape}."
+    )
+
+
+def check_integer(name: str, x: jax.Array) -> None:
+  if not jnp.issubdtype(x.dtype, jnp.integer):
+    raise TypeError(
+        f"{name} must have an integer dtype (class indices); got {x.dtype}"
+        f" with shape {x.shape}."
+    )
+
+
+def check_rank(name: str, x: jax.Array, rank: int, layout: str) -> None:
+  if x.ndim != rank:
+    raise ValueError(
+        f"{name} must have rank {rank} ({layout}); got shape {x.shape}."
+    )
+
+
+def check_min_rank(name: str, x: jax.Array, rank: int, layout: str) -> None:
+  if x.ndim < rank:
+    raise ValueError(
+        f"{name} must have rank >= {rank} ({layout}); got shape {x.shape}."
+    )
+
+
+def check_same_shape(
+    name: str, x: jax.Array, expected: tuple[int, ...], what: str
+) -> None:
+  if tuple(x.shape) != tuple(expected):
+    raise ValueError(
+        f"{name} must have shape {tuple(expected)} ({what}); got {x.shape}."
+    )
+
+
+def check_reduction(reduction: str) -> None:
+  if reduction not in REDUCTIONS:
+    raise ValueError(
+        f"reduction must be one of {REDUCTIONS}; got {reduction!r}."
+    )
+
+
+def check_label_smoothing(label_smoothing: float) -> None:
+  if not isinstance(label_smoothing, (int, float)) or isinstance(
+      label_smoothing, bool
+  ):
+    raise TypeError(
+        "label_smoothing must be a Python float in [0, 1] (it is a static"
+        f" option); got {type(label_smoothing).__name__}."
+    )
+  if not 0.0 <= label_smoothing <= 1.0:
+    raise ValueError(
+        f"label_smoothing must lie in [0, 1]; got {label_smoothing}."
+    )
+
+
+def check_ignore_index(ignore_index: int | None) -> None:
+  if ignore_index is not None and (
+      not isinstance(ignore_index, (int, np.integer))
+      or isinstance(ignore_index, bool)
+  ):
+    raise TypeError(
+        f"ignore_index must be None or a Python int; got {ignore_index!r}."
+    )
+
+
+def check_labels_in_range(
+    name: str,
+    labels: jax.Array,
+    num_classes: int,
+    ignore_index: int | None = None,
+) -> None:
+  """Raises if a concrete label lies outside ``[0, num_classes)``."""
+  if not is_concrete(labels):
+    return
+  y = np.asarray(labels)
+  bad = (y < 0) | (y >= num_classes)
+  if ignore_index is not None:
+    bad &= y != ignore_index
+  if bad.any():
+    where = np.argwhere(bad)[:5]
+    values = y[bad][:5]
+    hint = "" if ignore_index is None else f" or equal ignore_index={ignore_index}"
+    raise ValueError(
+        f"{name} must lie in [0, {num_classes}){hint}; got {values.tolist()}"
+        f" at index {[tuple(int(i) for i in w) for w in where]}"
+        f" ({int(bad.sum())} bad of {y.size})."
+    )
+
+
+def check_finite(name: str, x: jax.Array) -> None:
+  """Raises if a concrete floating array holds NaN or +-inf."""
+  if not is_concrete(x):
+    return
+  a = np.asarray(x)
+  finite = np.isfinite(a.astype(np.float32) if a.dtype.itemsize < 4 else a)
+  if not finite.all():
+    where = np.argwhere(~finite)[:5]
+    raise ValueError(
+        f"{name} must be finite; found {int((~finite).sum())} NaN/inf"
+        f" entries, first at index {[tuple(int(i) for i in w) for w in where]}."
+    )
+
+
+def check_nonnegative(name: str, value: Any) -> None:
+  """Raises if a concrete hyperparameter (penalty strength, weight) is < 0."""
+  if not is_concrete(value):
+    return
+  a = np.asarray(value)
+  if np.any(a < 0) or np.any(np.isnan(a)):
+    raise ValueError(f"{name} must be >= 0; got {a if a.ndim else a.item()}.")

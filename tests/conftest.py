@@ -1,0 +1,26 @@
+"""Strict test settings: float64 references available, no silent rank promotion."""
+
+import os
+
+import hypothesis
+import jax
+
+# float64 references need x64; float32 tests ask for float32 explicitly.
+jax.config.update("jax_enable_x64", True)
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+# Shapes vary per example, so each one compiles: no per-example deadline, and a
+# fixed seed in CI so a run is reproducible.
+hypothesis.settings.register_profile(
+    "default",
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[hypothesis.HealthCheck.too_slow],
+)
+hypothesis.settings.register_profile(
+    "ci",
+    parent=hypothesis.settings.get_profile("default"),
+    derandomize=True,
+    print_blob=True,
+)
+hypothesis.settings.load_profile("ci" if os.environ.get("CI") else "default")
