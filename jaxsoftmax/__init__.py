@@ -6,6 +6,7 @@ explicit functions. See README.md for the map.
 """
 
 from jaxsoftmax import data as data
+from jaxsoftmax import reporting as reporting
 from jaxsoftmax._gradients import mlp_grad as mlp_grad
 from jaxsoftmax._gradients import mlp_loss as mlp_loss
 from jaxsoftmax._gradients import mlp_value_and_grad as mlp_value_and_grad
