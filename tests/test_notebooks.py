@@ -1,0 +1,28 @@
+"""Every notebook executes top to bottom, and its .py and .ipynb pair agree."""
+
+from pathlib import Path
+
+import jupytext
+import nbclient
+import pytest
+
+NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.py"))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_executes(path):
+  """Runs the notebook's cells in a fresh kernel; any exception fails."""
+  nb = jupytext.read(path)
+  nbclient.NotebookClient(
+      nb, timeout=300, kernel_name="python3",
+      resources={"metadata": {"path": str(path.parent)}},
+  ).execute()
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_pair_in_sync(path):
+  """The committed .ipynb holds the same cells as its paired .py."""
+  paired = path.with_suffix(".ipynb")
+  assert paired.exists(), f"{paired.name} missing: run jupytext --sync {path.name}"
+  source = [c.source for c in jupytext.read(path).cells]
+  assert [c.source for c in jupytext.read(paired).cells] == source
