@@ -256,7 +256,7 @@ def mlp_value_and_grad(
   pre = []
   h = x
   for i, layer in enumerate(params):
-    a = _models._matmul(h, layer["w"]) + layer["b"]
+    a = _models.affine(h, layer["w"], layer["b"])
     pre.append(a)
     h = jax.nn.relu(a) if i < len(params) - 1 else a
     activations.append(h)

@@ -58,6 +58,15 @@ def _matmul(x: jax.Array, w: jax.Array) -> jax.Array:
   return jnp.matmul(x, w, preferred_element_type=acc).astype(dtype)
 
 
+def affine(x: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
+  """``x @ w + b`` with the bias broadcast explicitly over leading dims.
+
+  Explicit, so the models also run under ``jax_numpy_rank_promotion="raise"``.
+  """
+  h = _matmul(x, w)
+  return h + b.reshape((1,) * (h.ndim - 1) + b.shape)
+
+
 def linear_logits(params: LinearParams, x: ArrayLike) -> jax.Array:
   r"""Logits of softmax regression, :math:`h = X\Theta + b`.
 
@@ -89,7 +98,7 @@ def linear_logits(params: LinearParams, x: ArrayLike) -> jax.Array:
         f"x must have {w.shape[0]} features (params['w'] is {w.shape});"
         f" got x of shape {x.shape}."
     )
-  return _matmul(x, w) + b
+  return affine(x, w, b)
 
 
 def mlp_init(
@@ -179,7 +188,7 @@ def mlp_logits(params: MLPParams, x: ArrayLike) -> jax.Array:
           f"params[{i}]['w'] has shape {layer['w'].shape}, which does not"
           f" take inputs of width {h.shape[-1]}."
       )
-    h = _matmul(h, layer["w"]) + layer["b"]
+    h = affine(h, layer["w"], layer["b"])
     if i < len(params) - 1:
       h = jax.nn.relu(h)
   return h
