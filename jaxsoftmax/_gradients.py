@@ -47,11 +47,13 @@ def _softmax_minus_onehot(logits, labels):
   lse = _numerics.logsumexp(hf)
   z = _numerics.softmax_from_lse(hf, lse)
   rows = jnp.arange(hf.shape[0])
-  # As in cross_entropy: under jit an out-of-range label turns its row's loss
-  # and gradient into NaN instead of reading or writing a clamped entry.
-  loss = lse - hf.at[rows, labels].get(mode="fill", fill_value=jnp.nan)
+  # As in cross_entropy: under jit an out-of-range label (negative ones too,
+  # which indexing would wrap) turns its row's loss and gradient into NaN
+  # instead of reading or writing some other class's entry.
   in_range = (labels >= 0) & (labels < hf.shape[1])
-  g = z.at[rows, labels].add(-1, mode="drop")
+  safe = jnp.where(in_range, labels, 0)
+  loss = jnp.where(in_range, lse - hf[rows, safe], jnp.nan)
+  g = z.at[rows, safe].add(-1)
   return jnp.where(in_range[:, None], g, jnp.nan), loss
 
 
@@ -139,7 +141,7 @@ def softmax_regression_value_and_grad(
     :math:`\nabla_\Theta \ell_{ce}(X\Theta, y) = X^\top (Z - I_y)`.
   """
   w, b = params["w"], params["b"]
-  _models._check_layer("params", w, b)
+  _models.check_layer("params", w, b)
   x, labels = _check_batch(x, labels, w.shape[0], w.shape[1])
   v.check_nonnegative("l1", l1)
   v.check_nonnegative("l2", l2)
@@ -243,10 +245,7 @@ def mlp_value_and_grad(
     "Multilayer perceptron (MLP)", backward pass: :math:`\partial L/\partial O
     = P - Y`, then layer by layer (seed 003).
   """
-  if not params:
-    raise ValueError("params must hold at least one layer; got [].")
-  for i, layer in enumerate(params):
-    _models._check_layer(f"params[{i}]", layer["w"], layer["b"])
+  _models.check_mlp(params, jnp.shape(x))
   num_classes = params[-1]["w"].shape[1]
   x, labels = _check_batch(x, labels, params[0]["w"].shape[0], num_classes)
   v.check_nonnegative("l1", l1)
@@ -339,7 +338,7 @@ def naive_jacobian_grad(
     "Time, memory complexity".
   """
   w, b = params["w"], params["b"]
-  _models._check_layer("params", w, b)
+  _models.check_layer("params", w, b)
   x, labels = _check_batch(x, labels, w.shape[0], w.shape[1])
   num_classes = w.shape[1]
   dlogits, _ = _softmax_minus_onehot(_models.linear_logits(params, x), labels)

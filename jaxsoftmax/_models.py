@@ -90,7 +90,7 @@ def linear_logits(params: LinearParams, x: ArrayLike) -> jax.Array:
   """
   x = jnp.asarray(x)
   w, b = params["w"], params["b"]
-  _check_layer("params", w, b)
+  check_layer("params", w, b)
   v.check_floating("x", x)
   v.check_min_rank("x", x, 1, "[..., num_features]")
   if x.shape[-1] != w.shape[0]:
@@ -180,21 +180,36 @@ def mlp_logits(params: MLPParams, x: ArrayLike) -> jax.Array:
   x = jnp.asarray(x)
   v.check_floating("x", x)
   v.check_min_rank("x", x, 1, "[..., num_features]")
+  check_mlp(params, x.shape)
   h = x
   for i, layer in enumerate(params):
-    _check_layer(f"params[{i}]", layer["w"], layer["b"])
-    if h.shape[-1] != layer["w"].shape[0]:
-      raise ValueError(
-          f"params[{i}]['w'] has shape {layer['w'].shape}, which does not"
-          f" take inputs of width {h.shape[-1]}."
-      )
     h = affine(h, layer["w"], layer["b"])
     if i < len(params) - 1:
       h = jax.nn.relu(h)
   return h
 
 
-def _check_layer(name: str, w: jax.Array, b: jax.Array) -> None:
+def check_mlp(params: MLPParams, x_shape: tuple[int, ...]) -> None:
+  """Raises unless ``params`` is a non-empty chain of layers that takes ``x``."""
+  if not params:
+    raise ValueError("params must hold at least one layer; got [].")
+  width = x_shape[-1]
+  for i, layer in enumerate(params):
+    check_layer(f"params[{i}]", layer["w"], layer["b"])
+    if i == 0 and layer["w"].shape[0] != width:
+      raise ValueError(
+          f"x must have {layer['w'].shape[0]} features (params[0]['w'] is"
+          f" {layer['w'].shape}); got x of shape {x_shape}."
+      )
+    if layer["w"].shape[0] != width:
+      raise ValueError(
+          f"params[{i}]['w'] has shape {layer['w'].shape}, which does not"
+          f" take inputs of width {width}."
+      )
+    width = layer["w"].shape[1]
+
+
+def check_layer(name: str, w: jax.Array, b: jax.Array) -> None:
   v.check_floating(f"{name}['w']", w)
   v.check_rank(f"{name}['w']", w, 2, "[fan_in, fan_out]")
   v.check_same_shape(f"{name}['b']", b, (w.shape[1],), "[fan_out]")

@@ -125,7 +125,7 @@ def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> s
     return str(x)
 
   body = [[cell(r.get(c, "")) for c in columns] for r in rows]
-  widths = [max(len(c), *(len(b[i]) for b in body)) for i, c in enumerate(columns)]
+  widths = [max([len(c), *(len(b[i]) for b in body)]) for i, c in enumerate(columns)]
   line = lambda cells: "  ".join(s.rjust(w) for s, w in zip(cells, widths))
   return "\n".join(
       [line(columns), line(["-" * w for w in widths])] + [line(b) for b in body]
@@ -164,6 +164,10 @@ def save_results(name: str, payload: Mapping[str, Any]) -> Path:
       json.dump(data, f, indent=2, default=_to_json)
       f.flush()
       os.fsync(f.fileno())
+    # mkstemp creates 0600; give the result the permissions open() would.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     os.replace(tmp, path)
   except BaseException:
     os.unlink(tmp)
