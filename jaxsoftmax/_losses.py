@@ -67,7 +67,12 @@ def _ce_rows(h, y, label_smoothing, ignore_index):
     finite = hf > -jnp.inf
     n_finite = jnp.maximum(jnp.sum(finite, axis=-1), 1)
     mean_logit = jnp.sum(jnp.where(finite, hf, 0), axis=-1) / n_finite
-    loss = (1 - label_smoothing) * loss + label_smoothing * (lse - mean_logit)
+    smooth = lse - mean_logit
+    # At eps = 1 the label carries no weight; 0 * inf would make it NaN.
+    if label_smoothing == 1.0:
+      loss = smooth
+    else:
+      loss = (1 - label_smoothing) * loss + label_smoothing * smooth
   # Under jit labels cannot be range-checked; an out-of-range label poisons
   # its row with NaN instead of silently reading a clipped logit.
   loss = jnp.where(in_range, loss, jnp.nan)
@@ -159,7 +164,8 @@ def cross_entropy(
   returned loss is float32; the logits' cotangent has the logits' dtype).
   Logits of magnitude 1e4 are safe. Masked classes (``-inf``) get
   probability 0, no smoothing mass and gradient 0; a fully masked row is
-  treated as ignored. A label pointing at a masked class has infinite loss.
+  treated as ignored. A label pointing at a masked class has infinite loss
+  (for any smoothing below 1).
 
   Out-of-range labels: outside ``jit`` a label outside ``[0, K)`` that is not
   ``ignore_index`` raises ``ValueError``. Under ``jit`` values cannot be
@@ -216,9 +222,12 @@ def cross_entropy(
     v.check_same_shape("weights", weights, labels.shape, "one per label")
     v.check_nonnegative("weights", weights)
     weights = weights.astype(acc)
+  # Compared against class indices up to K - 1, which a narrow label dtype
+  # (int8 with K > 127) cannot hold.
+  index_dtype = jnp.promote_types(labels.dtype, jnp.int32)
   out = _cross_entropy(
       logits.reshape(-1, num_classes),
-      labels.reshape(-1),
+      labels.reshape(-1).astype(index_dtype),
       weights.reshape(-1),
       float(label_smoothing),
       None if ignore_index is None else int(ignore_index),
