@@ -45,6 +45,19 @@ def _row_scale(ct: jax.Array, denom: jax.Array, reduction: str) -> jax.Array:
 # ----------------------------------------------------------------------------
 
 
+def _check_logits_and_labels(logits, labels):
+  """Arrays of ``[..., K]`` floating logits and ``[...]`` integer labels."""
+  logits = jnp.asarray(logits)
+  labels = jnp.asarray(labels)
+  v.check_floating("logits", logits)
+  v.check_min_rank("logits", logits, 1, "[..., num_classes]")
+  v.check_integer("labels", labels)
+  v.check_same_shape(
+      "labels", labels, logits.shape[:-1], "the logits' leading dimensions"
+  )
+  return logits, labels
+
+
 def _ce_rows(h, y, label_smoothing, ignore_index):
   """Per-row smoothed NLL in the accumulation dtype, plus what bwd needs.
 
@@ -197,14 +210,7 @@ def cross_entropy(
     the softmax-loss gradient ``z - e_y``; R. Müller, S. Kornblith, G. Hinton,
     "When does label smoothing help?" (2019).
   """
-  logits = jnp.asarray(logits)
-  labels = jnp.asarray(labels)
-  v.check_floating("logits", logits)
-  v.check_min_rank("logits", logits, 1, "[..., num_classes]")
-  v.check_integer("labels", labels)
-  v.check_same_shape(
-      "labels", labels, logits.shape[:-1], "the logits' leading dimensions"
-  )
+  logits, labels = _check_logits_and_labels(logits, labels)
   v.check_reduction(reduction)
   v.check_label_smoothing(label_smoothing)
   v.check_ignore_index(ignore_index)
@@ -470,14 +476,7 @@ def zero_one_loss(
   References:
     E. Kim, "ML refresher / softmax regression", Data 188 lecture 2 (2026).
   """
-  logits = jnp.asarray(logits)
-  labels = jnp.asarray(labels)
-  v.check_floating("logits", logits)
-  v.check_min_rank("logits", logits, 1, "[..., num_classes]")
-  v.check_integer("labels", labels)
-  v.check_same_shape(
-      "labels", labels, logits.shape[:-1], "the logits' leading dimensions"
-  )
+  logits, labels = _check_logits_and_labels(logits, labels)
   v.check_reduction(reduction)
   v.check_labels_in_range("labels", labels, logits.shape[-1])
   wrong = jnp.argmax(jax.lax.stop_gradient(logits), axis=-1) != labels
