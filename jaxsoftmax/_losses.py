@@ -112,7 +112,11 @@ def _cross_entropy_bwd(label_smoothing, ignore_index, reduction, res, ct):
   num_classes = h.shape[-1]
   hf = _numerics.upcast(h)
   scale = _row_scale(ct, denom, reduction)
-  coef = jnp.where(valid, scale * w, 0)
+  # Row-level cases live in the [N] coefficient, so the [N, K] pass below is
+  # one multiply: 0 for ignored / fully masked rows, NaN for a valid row whose
+  # label is out of range (the jit-time signal, as in the forward pass).
+  in_range = (y >= 0) & (y < num_classes)
+  coef = jnp.where(valid, jnp.where(in_range, scale * w, jnp.nan), 0)
   # d loss_i / d h_i = softmax(h_i) - q_i, q_i the (smoothed) target.
   p = _numerics.softmax_from_lse(hf, jnp.where(valid, lse, -jnp.inf))
   classes = jnp.arange(num_classes, dtype=y.dtype)
@@ -121,9 +125,9 @@ def _cross_entropy_bwd(label_smoothing, ignore_index, reduction, res, ct):
     finite = hf > -jnp.inf
     n_finite = jnp.maximum(jnp.sum(finite, axis=-1, keepdims=True), 1)
     q = q + jnp.where(finite, label_smoothing / n_finite, 0)
-  in_range = (y >= 0) & (y < num_classes)
-  g = jnp.where(in_range[:, None], coef[:, None] * (p - q), jnp.nan)
-  g = jnp.where(valid[:, None], g, 0)
+  # An ignored or fully masked row has coef 0 and finite p - q (p is 0 on a
+  # masked row), so 0 * (p - q) is an exact 0, never NaN.
+  g = coef[:, None] * (p - q)
   # d out / d w_i: loss_i for "none"/"sum"; (loss_i - mean) / denom for "mean".
   if reduction == "mean":
     mean = jnp.sum(w * loss) / jnp.where(denom > 0, denom, 1)
