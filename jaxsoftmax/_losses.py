@@ -95,9 +95,7 @@ def _ce_rows(h, y, label_smoothing, ignore_index):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
 def _cross_entropy(h, y, w, label_smoothing, ignore_index, reduction):
-  loss, _, valid = _ce_rows(h, y, label_smoothing, ignore_index)
-  denom = jnp.sum(jnp.where(valid, w, 0))
-  return _reduce(w * loss, denom, reduction)
+  return _cross_entropy_fwd(h, y, w, label_smoothing, ignore_index, reduction)[0]
 
 
 def _cross_entropy_fwd(h, y, w, label_smoothing, ignore_index, reduction):
@@ -266,8 +264,7 @@ def _soft_ce_rows(h, t):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _soft_cross_entropy(h, t, reduction):
-  loss, _, _, valid = _soft_ce_rows(h, t)
-  return _reduce(loss, jnp.sum(valid), reduction)
+  return _soft_cross_entropy_fwd(h, t, reduction)[0]
 
 
 def _soft_cross_entropy_fwd(h, t, reduction):
