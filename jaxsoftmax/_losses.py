@@ -259,7 +259,7 @@ def _soft_ce_rows(h, t):
   logp = hf - jnp.where(valid, lse, 0)[:, None]
   # 0 * log 0 = 0: a masked class with zero target mass costs nothing.
   loss = -jnp.sum(jnp.where(tf != 0, tf * logp, 0), axis=-1)
-  return jnp.where(valid, loss, 0), lse, logp, valid
+  return jnp.where(valid, loss, 0), lse, valid
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -268,7 +268,7 @@ def _soft_cross_entropy(h, t, reduction):
 
 
 def _soft_cross_entropy_fwd(h, t, reduction):
-  loss, lse, _, valid = _soft_ce_rows(h, t)
+  loss, lse, valid = _soft_ce_rows(h, t)
   denom = jnp.sum(valid)
   return _reduce(loss, denom, reduction), (h, t, lse, valid, denom)
 
