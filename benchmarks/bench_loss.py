@@ -34,7 +34,7 @@ slower than optax (median ratio <= 1.0 at every size) and reaches >= 80% of
 the GEMM roofline at K = 32768.
 
 Default sizes: (256, 784, 10) (MNIST softmax regression), (512, 512, 32768)
-and (256, 256, 262144). Expected runtime on 2 idle CPU cores: about a minute
+and (256, 256, 262144). Expected runtime on 2 idle CPU cores: about 4 minutes
 (peak memory about 2 GiB, at K = 262144); ``--quick`` takes about 5 s.
 
 Figures go to ``results/bench_loss.json`` (``--quick``:
