@@ -57,11 +57,6 @@ def _softmax_minus_onehot(logits, labels):
   return jnp.where(in_range[:, None], g, jnp.nan), loss
 
 
-def _penalty_grad(w, l1, l2):
-  # sign(0) = 0, as in penalty's VJP.
-  return l1 * jnp.sign(w) + l2 * w
-
-
 def softmax_regression_loss(
     params: _models.LinearParams,
     x: ArrayLike,
@@ -150,7 +145,7 @@ def softmax_regression_value_and_grad(
   g = g / batch
   acc = g.dtype
   dw = jnp.matmul(x.T, g.astype(x.dtype), preferred_element_type=acc)
-  dw = dw + _penalty_grad(w.astype(acc), l1, l2)
+  dw = dw + _losses.penalty_weight_grad(w.astype(acc), l1, l2)
   db = jnp.sum(g, axis=0)
   loss = jnp.mean(rows) + _losses.penalty(params, l1=l1, l2=l2)
   return loss, {"w": dw.astype(w.dtype), "b": db.astype(b.dtype)}
@@ -268,7 +263,7 @@ def mlp_value_and_grad(
     w = params[i]["w"]
     m_prev = activations[i]
     dw = jnp.matmul(m_prev.T, g.astype(m_prev.dtype), preferred_element_type=acc)
-    dw = dw + _penalty_grad(w.astype(acc), l1, l2)
+    dw = dw + _losses.penalty_weight_grad(w.astype(acc), l1, l2)
     grads[i] = {"w": dw.astype(w.dtype), "b": jnp.sum(g, 0).astype(w.dtype)}
     if i > 0:
       g = jnp.matmul(g.astype(w.dtype), w.T, preferred_element_type=acc)

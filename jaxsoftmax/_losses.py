@@ -531,15 +531,20 @@ def _penalty_fwd(params, l1, l2):
   return total, (params, l1, l2, l1_sum, sq_sum)
 
 
+def penalty_weight_grad(w, l1, l2):
+  """d penalty / d w for one weight array: ``l1 * sign(w) + l2 * w``."""
+  # sign(0) = 0: the minimum-norm subgradient of |w| at 0, so a weight that
+  # L1 has driven to zero stays there instead of being pushed off.
+  return l1 * jnp.sign(w) + l2 * w
+
+
 def _penalty_bwd(res, ct):
   params, l1, l2, l1_sum, sq_sum = res
 
   def leaf_grad(path, leaf):
     if not is_penalized(path):
       return jnp.zeros_like(leaf)
-    # sign(0) = 0: the minimum-norm subgradient of |w| at 0, so a weight that
-    # L1 has driven to zero stays there instead of being pushed off.
-    g = ct * (l1 * jnp.sign(leaf) + l2 * leaf)
+    g = ct * penalty_weight_grad(leaf, l1, l2)
     return g.astype(leaf.dtype)
 
   grads = jax.tree_util.tree_map_with_path(leaf_grad, params)
