@@ -14,6 +14,7 @@ from jaxsoftmax._gradients import naive_jacobian_grad as naive_jacobian_grad
 from jaxsoftmax._gradients import softmax_regression_grad as softmax_regression_grad
 from jaxsoftmax._gradients import softmax_regression_loss as softmax_regression_loss
 from jaxsoftmax._gradients import softmax_regression_value_and_grad as softmax_regression_value_and_grad
+from jaxsoftmax._fused import fused_linear_cross_entropy as fused_linear_cross_entropy
 from jaxsoftmax._losses import binary_cross_entropy as binary_cross_entropy
 from jaxsoftmax._losses import cross_entropy as cross_entropy
 from jaxsoftmax._losses import penalty as penalty

@@ -138,3 +138,64 @@ def check_nonnegative(name: str, value: Any) -> None:
   a = np.asarray(value)
   if np.any(a < 0) or np.any(np.isnan(a)):
     raise ValueError(f"{name} must be >= 0; got {a if a.ndim else a.item()}.")
+
+
+def check_positive_int(name: str, value: Any) -> None:
+  """Raises unless ``value`` is a Python/NumPy int >= 1 (sizes, counts)."""
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+    raise TypeError(f"{name} must be a positive int; got {value!r}.")
+  if value < 1:
+    raise ValueError(f"{name} must be a positive int (>= 1); got {value}.")
+
+
+def check_prng_key(name: str, key: Any) -> None:
+  """Raises unless ``key`` is one ``jax.random`` key, typed or raw uint32."""
+  if not isinstance(key, jax.Array):
+    raise TypeError(
+        f"{name} must be a jax.random key (jax.random.key(seed)); got"
+        f" {type(key).__name__}."
+    )
+  if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+    if key.shape != ():
+      raise ValueError(
+          f"{name} must be a single key of shape (); got a key array of shape"
+          f" {key.shape}."
+      )
+    return
+  if key.dtype != jnp.uint32 or key.ndim != 1:
+    raise TypeError(
+        f"{name} must be a jax.random key (jax.random.key(seed), or a raw"
+        f" uint32 jax.random.PRNGKey); got {key.dtype} with shape {key.shape}."
+    )
+
+
+def check_positive(name: str, value: Any) -> None:
+  """Raises if a concrete hyperparameter (learning rate, norm bound) is <= 0."""
+  if not is_concrete(value):
+    return
+  a = np.asarray(value)
+  if a.ndim != 0:
+    raise ValueError(f"{name} must be a scalar; got shape {a.shape}.")
+  if not a > 0:
+    raise ValueError(f"{name} must be > 0; got {a.item()}.")
+
+
+def check_probabilities(name: str, x: jax.Array) -> None:
+  """Raises if a concrete floating array has entries outside [0, 1] or NaN.
+
+  Catches logits passed where probabilities are expected, which a metric
+  would otherwise turn into a plausible-looking wrong number.
+  """
+  if not is_concrete(x):
+    return
+  a = np.asarray(x)
+  a = a.astype(np.float32) if a.dtype.itemsize < 4 else a
+  bad = ~((a >= 0) & (a <= 1))
+  if bad.any():
+    where = np.argwhere(bad)[:5]
+    raise ValueError(
+        f"{name} must hold probabilities in [0, 1] (e.g."
+        f" jax.nn.softmax(logits)); got {a[bad][:5].tolist()} at index"
+        f" {[tuple(int(i) for i in w) for w in where]} ({int(bad.sum())} bad"
+        f" of {a.size})."
+    )
