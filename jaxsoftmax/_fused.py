@@ -308,7 +308,7 @@ def fused_linear_cross_entropy(
     >>> b = jnp.zeros(1000)
     >>> y = jnp.arange(8) * 100
     >>> fused = fused_linear_cross_entropy(x, w, b, y, chunk_size=384)
-    >>> bool(jnp.allclose(fused, cross_entropy(x @ w + b, y), rtol=1e-5))
+    >>> bool(jnp.allclose(fused, cross_entropy(x @ w + b[None], y), rtol=1e-5))
     True
 
   References:
