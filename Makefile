@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo gradient-check bench clean
+.PHONY: test demo gradient-check bench clean data data-fashion data-text
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,17 @@ gradient-check: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_loss.py
+
+# Datasets, fetched once into $JAXSOFTMAX_DATA (default ~/.cache/jaxsoftmax)
+# and checked against pinned SHA-256s; re-running a target is a no-op.
+data: $(STAMP)
+	$(PY) -m jaxsoftmax._fetch mnist
+
+data-fashion: $(STAMP)
+	$(PY) -m jaxsoftmax._fetch fashion-mnist
+
+data-text: $(STAMP)
+	$(PY) -m jaxsoftmax._fetch text
 
 clean:
 	rm -rf $(VENV) results .pytest_cache .hypothesis

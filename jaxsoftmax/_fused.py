@@ -115,14 +115,28 @@ def _split_rows(a, cfg):
   return a.reshape((a.shape[0] // cfg.rows, cfg.rows) + a.shape[1:])
 
 
-def _rows_loss(x, w, b, y, keep, cfg):
-  """Per-row loss, lse, validity and finite-class count, chunked over rows."""
-  num_classes = w.shape[1]
+def row_statistics(x, w, b, y, cfg):
+  """:func:`_row_stats` for all rows, ``cfg.rows`` rows at a time.
+
+  Returns:
+    (lse [N], target logit [N], sum of finite logits [N], their count [N]).
+  """
   stats = lambda xy: _row_stats(xy[0], w, b, xy[1], cfg)
-  lse, target, total, count = (
+  return tuple(
       a.reshape(-1)
       for a in lax.map(stats, (_split_rows(x, cfg), _split_rows(y, cfg)))
   )
+
+
+def loss_from_statistics(lse, target, total, count, y, keep, num_classes, cfg):
+  """Per-row loss and validity from the row statistics.
+
+  ``keep`` [N] marks real rows (padding is False); ``num_classes`` is the
+  true K, for the range check.
+
+  Returns:
+    (loss [N], valid [N] bool, count [N] clamped to >= 1).
+  """
   count = jnp.maximum(count, 1)
   valid = ~jnp.isneginf(lse) & keep
   if cfg.ignore_index is not None:
@@ -137,44 +151,58 @@ def _rows_loss(x, w, b, y, keep, cfg):
   in_range = (y >= 0) & (y < num_classes)
   loss = jnp.where(in_range, loss, jnp.nan)
   loss = jnp.where(valid, loss, 0)
-  return loss, lse, valid, count
+  return loss, valid, count
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
-def _fused(x, w, b, y, weights, keep, cfg):
-  return _fused_fwd(x, w, b, y, weights, keep, cfg)[0]
+def backward_coefficients(cts, y, weights, lse, loss, valid, count, denom,
+                          weighted_sum, num_classes, cfg):
+  """The [N] coefficients of the backward pass and the weights' cotangent.
 
+  All row-level cases live in [N] vectors, as in cross_entropy's rule:
+  dl_i/dh_ik = a_i p_ik - coef_i (1 - eps) [k = y_i] - smooth_i [h_ik finite]
+  with a_i = coef_i (1 + 2 z lse_i) + ct_lse_i (the z-loss and the lse
+  output) and smooth_i = coef_i eps / K'_i. ``denom`` and ``weighted_sum``
+  (sum of weights * loss) are over the whole batch, so a caller holding only
+  part of the rows passes their all-reduced values.
 
-def _fused_fwd(x, w, b, y, weights, keep, cfg):
-  loss, lse, valid, count = _rows_loss(x, w, b, y, keep, cfg)
-  denom = jnp.sum(jnp.where(valid, weights, 0))
-  out = _reduce(weights * loss, denom, cfg.reduction)
-  lse_out = jnp.where(valid, lse, -jnp.inf)
-  return (out, lse_out), (x, w, b, y, weights, lse, loss, valid, count, denom)
-
-
-def _fused_bwd(cfg, res, cts):
-  x, w, b, y, weights, lse, loss, valid, count, denom = res
+  Returns:
+    (a, coef, smooth, lse with 0 on invalid rows, d out / d weights), all [N].
+  """
   ct, ct_lse = cts
-  num_classes = w.shape[1]
-  acc = lse.dtype
-  eps = cfg.label_smoothing
   in_range = (y >= 0) & (y < num_classes)
   scale = _row_scale(ct, denom, cfg.reduction)
-  # All row-level cases live in [N] coefficients, as in cross_entropy's rule:
-  #   dl_i/dh_ik = a_i p_ik - coef_i ((1 - eps) [k = y_i] + eps/K'_i [finite]),
-  # a_i = coef_i (1 + 2 z lse_i) + ct_lse_i (the z-loss and an lse output).
   coef = jnp.where(valid, jnp.where(in_range, scale * weights, jnp.nan), 0)
   safe_lse = jnp.where(valid, lse, 0)
   a = coef * (1 + 2 * cfg.z_loss * safe_lse) + jnp.where(valid, ct_lse, 0)
-  smooth = coef * eps / count
+  smooth = coef * cfg.label_smoothing / count
+  if cfg.reduction == "mean":
+    mean = weighted_sum / jnp.where(denom > 0, denom, 1)
+    dweights = scale * jnp.where(valid, loss - mean, 0)
+  else:
+    dweights = scale * loss
+  return a, coef, smooth, safe_lse, dweights
+
+
+def accumulate_grads(x, w, b, y, a, coef, smooth, lse, valid, cfg):
+  """dx, dw, db of the loss, recomputing the logits block by block.
+
+  ``y`` are the labels in ``w``'s column numbering (a shard passes labels
+  minus its offset; labels outside [0, K) simply match no column). Results
+  are in the accumulation dtype.
+
+  Returns:
+    (dx [N, d], dw [d, K], db [K]).
+  """
+  num_classes = w.shape[1]
+  acc = lse.dtype
+  eps = cfg.label_smoothing
 
   def row_block(r, carry):
     dx, dw, db = carry
     xr = lax.dynamic_slice_in_dim(x, r * cfg.rows, cfg.rows)
     yr, ar, cr, sr, lr, vr = (
         lax.dynamic_slice_in_dim(t, r * cfg.rows, cfg.rows)
-        for t in (y, a, coef, smooth, safe_lse, valid)
+        for t in (y, a, coef, smooth, lse, valid)
     )
 
     def class_block(c, carry):
@@ -210,17 +238,38 @@ def _fused_bwd(cfg, res, cts):
       jnp.zeros(w.shape, acc),
       jnp.zeros((num_classes,), acc),
   )
-  dx, dw, db = lax.fori_loop(0, x.shape[0] // cfg.rows, row_block, init)
-  if cfg.reduction == "mean":
-    mean = jnp.sum(weights * loss) / jnp.where(denom > 0, denom, 1)
-    dweights = scale * jnp.where(valid, loss - mean, 0)
-  else:
-    dweights = scale * loss
-  db = None if b is None else db.astype(b.dtype)
+  return lax.fori_loop(0, x.shape[0] // cfg.rows, row_block, init)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
+def _fused(x, w, b, y, weights, keep, cfg):
+  return _fused_fwd(x, w, b, y, weights, keep, cfg)[0]
+
+
+def _fused_fwd(x, w, b, y, weights, keep, cfg):
+  num_classes = w.shape[1]
+  lse, target, total, count = row_statistics(x, w, b, y, cfg)
+  loss, valid, count = loss_from_statistics(
+      lse, target, total, count, y, keep, num_classes, cfg
+  )
+  denom = jnp.sum(jnp.where(valid, weights, 0))
+  out = _reduce(weights * loss, denom, cfg.reduction)
+  lse_out = jnp.where(valid, lse, -jnp.inf)
+  return (out, lse_out), (x, w, b, y, weights, lse, loss, valid, count, denom)
+
+
+def _fused_bwd(cfg, res, cts):
+  x, w, b, y, weights, lse, loss, valid, count, denom = res
+  a, coef, smooth, safe_lse, dweights = backward_coefficients(
+      cts, y, weights, lse, loss, valid, count, denom,
+      jnp.sum(weights * loss), w.shape[1], cfg,
+  )
+  dx, dw, db = accumulate_grads(x, w, b, y, a, coef, smooth, safe_lse, valid,
+                                cfg)
   return (
       dx.astype(x.dtype),
       dw.astype(w.dtype),
-      db,
+      None if b is None else db.astype(b.dtype),
       None,
       dweights.astype(weights.dtype),
       None,
