@@ -504,8 +504,17 @@ def _key_name(key) -> str | None:
 
 
 def is_penalized(path) -> bool:
-  """Whether the leaf at ``path`` is a weight (penalized) rather than a bias."""
-  return not path or _key_name(path[-1]) not in BIAS_NAMES
+  """Whether the leaf at ``path`` is a weight (penalized) rather than a bias.
+
+  Biases are the leaves named ``b`` or ``bias``, or ending in ``_b`` /
+  ``_bias`` (``cluster_b``, ``node_b``).
+  """
+  if not path:
+    return True
+  name = _key_name(path[-1])
+  return name is None or not (
+      name in BIAS_NAMES or name.endswith(tuple("_" + b for b in BIAS_NAMES))
+  )
 
 
 def _penalty_terms(params, l1, l2):
@@ -564,8 +573,8 @@ def penalty(params, *, l1: ArrayLike = 0.0, l2: ArrayLike = 0.0) -> jax.Array:
     \qquad
     \frac{\partial R}{\partial w} = \lambda_1 \operatorname{sign}(w) + \lambda_2 w
 
-  summed over every leaf except those whose key or attribute is named ``b``
-  or ``bias``. At :math:`w = 0` the L1 term uses the subgradient 0
+  summed over every leaf except biases: leaves whose key or attribute is
+  ``b`` or ``bias`` or ends in ``_b`` / ``_bias`` (``cluster_b``). At :math:`w = 0` the L1 term uses the subgradient 0
   (``jnp.sign(0) = 0``), where ``jax.grad`` of ``jnp.abs`` would return 1.
   The strengths may be traced (a ``vmap`` over ``l2`` sweeps the
   regularization path) and get exact gradients, :math:`\sum\|w\|_1` and

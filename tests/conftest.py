@@ -2,8 +2,14 @@
 
 import os
 
-import hypothesis
-import jax
+# Eight simulated CPU devices for the sharded tests; must be set before jax is
+# imported. On a machine with accelerators this only affects the CPU backend.
+_FLAG = "--xla_force_host_platform_device_count=8"
+if _FLAG not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
+
+import hypothesis  # noqa: E402
+import jax  # noqa: E402
 
 # float64 references need x64; float32 tests ask for float32 explicitly.
 jax.config.update("jax_enable_x64", True)

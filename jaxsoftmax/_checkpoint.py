@@ -1,0 +1,344 @@
+"""Training checkpoints (Orbax) and portable parameter files (``.npz``).
+
+Two formats for two jobs:
+
+* :class:`Checkpoints` keeps the full state of a training run (params,
+  optimizer state, epoch, history, key) in an Orbax
+  ``CheckpointManager`` directory, so :func:`jaxsoftmax.fit` can resume it.
+  Orbax writes each checkpoint into a ``<step>.orbax-checkpoint-tmp-*``
+  directory and renames it when complete, so an interrupted save never leaves
+  a half-written checkpoint that a resume would pick up.
+* :func:`save_params` / :func:`load_params` write and read just the
+  parameters as one ``.npz`` file that NumPy alone can open, optionally
+  stored in float16 or bfloat16 to halve the size for transport.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import tempfile
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.typing import DTypeLike
+import numpy as np
+
+from jaxsoftmax import _validation as v
+
+# The entry of a params file that holds its format version and leaf dtypes; the
+# other entries are the leaves, named by their pytree path.
+_META = "__jaxsoftmax_params__"
+_FORMAT = 1
+# One step of a jax.tree_util.keystr path: [3] or ['name'] (or ["it's"]).
+_PATH_TOKEN = re.compile(
+    r"\[(\d+)\]|\[('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\")\]"
+)
+
+
+def leaf_names(tree: Any, prefix: str = "") -> list[str]:
+  """``prefix + keystr(path)`` of each leaf, in ``jax.tree.leaves`` order."""
+  return [
+      prefix + jax.tree_util.keystr(path)
+      for path, _ in jax.tree_util.tree_leaves_with_path(tree)
+  ]
+
+
+def _check_layout(params: Any) -> None:
+  """Raises unless every node of ``params`` is a str-keyed dict or a list."""
+  for path, _ in jax.tree_util.tree_leaves_with_path(params):
+    for key in path:
+      ok = isinstance(key, jax.tree_util.SequenceKey) or (
+          isinstance(key, jax.tree_util.DictKey) and isinstance(key.key, str)
+      )
+      if not ok:
+        raise TypeError(
+            "save_params stores dicts with str keys and lists of them (the"
+            " linear and MLP layouts); got a node at"
+            f" {jax.tree_util.keystr(path)!r} of another kind ({key!r})."
+        )
+
+
+def _storage_dtype(leaf: np.ndarray, dtype: jnp.dtype | None) -> np.dtype:
+  if dtype is None or not jnp.issubdtype(leaf.dtype, jnp.floating):
+    return leaf.dtype
+  return dtype
+
+
+def save_params(
+    path: str | os.PathLike[str],
+    params: Any,
+    *,
+    dtype: DTypeLike | None = None,
+) -> int:
+  """Writes a parameter pytree to one ``.npz`` file atomically; returns its size.
+
+  Each leaf is stored under its pytree path (``['w']``, ``[0]['b']``), so
+  :func:`load_params` rebuilds the same dicts and lists. The file is written
+  to a temporary name in the same directory, fsynced and renamed over
+  ``path``: a reader sees the old file or the new one, never a torn one.
+  ``path`` is used as given (no ``.npz`` is appended).
+
+  With ``dtype`` (``float16`` or ``bfloat16``) floating leaves are rounded
+  to it first, halving a float32 file; integer leaves are kept. NumPy has no
+  bfloat16, so bfloat16 leaves are stored as their uint16 bit pattern and a
+  dtype tag restores them.
+
+  Args:
+    path: destination file.
+    params: a dict with str keys, or a list of them, whose leaves are arrays
+      (the layouts of :func:`linear_init` and :func:`mlp_init`).
+    dtype: storage dtype for floating leaves; ``None`` keeps each leaf's own.
+
+  Returns:
+    The size of the written file in bytes.
+
+  Examples:
+    >>> import os, tempfile, jax, jax.numpy as jnp
+    >>> import jaxsoftmax as js
+    >>> params = js.linear_init(jax.random.key(0), 64, 10)
+    >>> path = os.path.join(tempfile.mkdtemp(), "params.npz")
+    >>> js.save_params(path, params, dtype=jnp.bfloat16) > 0
+    True
+    >>> js.load_params(path)["w"].dtype
+    dtype(bfloat16)
+  """
+  if dtype is not None:
+    dtype = jnp.dtype(dtype)
+    if not jnp.issubdtype(dtype, jnp.floating):
+      raise TypeError(
+          f"dtype must be None or a floating dtype (float16, bfloat16,"
+          f" float32, float64); got {dtype}."
+      )
+  _check_layout(params)
+  names = leaf_names(params)
+  if not names:
+    raise ValueError("params must hold at least one array; got no leaves.")
+  arrays, dtypes = {}, {}
+  for name, leaf in zip(names, jax.tree.leaves(params)):
+    a = np.asarray(leaf)
+    a = a.astype(_storage_dtype(a, dtype))
+    dtypes[name] = a.dtype.name
+    # npz cannot hold bfloat16; its bits fit a uint16 exactly.
+    arrays[name] = a.view(np.uint16) if a.dtype == jnp.bfloat16 else a
+  arrays[_META] = np.array(json.dumps({"format": _FORMAT, "dtypes": dtypes}))
+
+  path = os.fspath(path)
+  directory = os.path.dirname(os.path.abspath(path))
+  fd, tmp = tempfile.mkstemp(
+      dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp"
+  )
+  try:
+    with os.fdopen(fd, "wb") as f:
+      np.savez(f, **arrays)
+      f.flush()
+      os.fsync(f.fileno())
+    # mkstemp creates 0600; give the result the permissions open() would.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, path)
+  except BaseException:
+    os.unlink(tmp)
+    raise
+  return os.path.getsize(path)
+
+
+def _parse_path(name: str) -> list[int | str]:
+  """Inverse of ``jax.tree_util.keystr`` for list indices and str dict keys."""
+  keys: list[int | str] = []
+  pos = 0
+  for m in _PATH_TOKEN.finditer(name):
+    if m.start() != pos:
+      break
+    keys.append(int(m.group(1)) if m.group(1) else ast.literal_eval(m.group(2)))
+    pos = m.end()
+  if pos != len(name):
+    raise ValueError(f"params file entry {name!r} is not a pytree path.")
+  return keys
+
+
+def _build(entries: Sequence[tuple[list[int | str], Any]], where: str) -> Any:
+  """Nested dicts / lists from (key path, leaf) pairs."""
+  if len(entries) == 1 and not entries[0][0]:
+    return entries[0][1]
+  children: dict[int | str, list[tuple[list[int | str], Any]]] = {}
+  for keys, leaf in entries:
+    if not keys:
+      raise ValueError(f"params file has a leaf and a subtree at {where!r}.")
+    children.setdefault(keys[0], []).append((keys[1:], leaf))
+  heads = list(children)
+  if all(isinstance(k, int) for k in heads):
+    if sorted(heads) != list(range(len(heads))):
+      raise ValueError(
+          f"params file lists indices {sorted(heads)} under {where!r};"
+          " expected 0..n-1."
+      )
+    return [_build(children[i], f"{where}[{i}]") for i in range(len(heads))]
+  return {k: _build(children[k], f"{where}[{k!r}]") for k in heads}
+
+
+def load_params(path: str | os.PathLike[str]) -> Any:
+  """Reads a parameter pytree written by :func:`save_params`.
+
+  Arrays come back in the dtype they were stored in (the ``dtype`` given to
+  :func:`save_params`, else the original one), bfloat16 included. To train
+  on params stored in half precision, cast them back, e.g.
+  ``jax.tree.map(lambda a: a.astype(jnp.float32), params)``.
+
+  Args:
+    path: a file written by :func:`save_params`.
+
+  Returns:
+    The pytree of ``jax.Array`` leaves, with the structure it was saved with
+    (float64 leaves need ``jax_enable_x64``, as everywhere in JAX).
+
+  Examples:
+    >>> import os, tempfile, jax
+    >>> import jaxsoftmax as js
+    >>> path = os.path.join(tempfile.mkdtemp(), "mlp.npz")
+    >>> _ = js.save_params(path, js.mlp_init(jax.random.key(0), [4, 8, 3]))
+    >>> [p["w"].shape for p in js.load_params(path)]
+    [(4, 8), (8, 3)]
+  """
+  with np.load(os.fspath(path), allow_pickle=False) as f:
+    if _META not in f.files:
+      raise ValueError(
+          f"{os.fspath(path)!r} is not a params file written by save_params"
+          f" (no {_META!r} entry); its entries are {f.files[:5]}."
+      )
+    meta = json.loads(str(f[_META]))
+    if meta.get("format") != _FORMAT:
+      raise ValueError(
+          f"{os.fspath(path)!r} has params file format {meta.get('format')};"
+          f" this version reads format {_FORMAT}."
+      )
+    entries = []
+    for name, dtype in meta["dtypes"].items():
+      a = f[name]
+      if dtype == "bfloat16":
+        a = a.view(jnp.bfloat16)
+      entries.append((_parse_path(name), jnp.asarray(a)))
+  return _build(entries, "params")
+
+
+class Checkpoints:
+  """The checkpoint directory of one training run, kept by Orbax.
+
+  Each checkpoint is one epoch: a ``state`` item holding named groups of
+  arrays (for :func:`jaxsoftmax.fit`: the params', the optimizer state's and
+  the best params' leaves, as flat lists) and a JSON ``meta`` item (epoch,
+  history, key). Groups are flat lists so that a checkpoint restores into any
+  optimizer state of the same leaves, and so shapes can be compared leaf by
+  leaf before restoring. Only the newest ``keep`` checkpoints are kept.
+
+  Args:
+    directory: where the checkpoints live (created if missing).
+    keep: how many of the most recent checkpoints to keep.
+  """
+
+  def __init__(self, directory: str | os.PathLike[str], *, keep: int = 3):
+    v.check_positive_int("keep", keep)
+    # Orbax takes about half a second to import; only runs that checkpoint
+    # pay for it.
+    import orbax.checkpoint as ocp
+
+    self._ocp = ocp
+    self.directory = os.path.abspath(os.fspath(directory))
+    self._manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=keep,
+            create=True,
+            enable_async_checkpointing=False,
+        ),
+        item_handlers={
+            "state": ocp.StandardCheckpointHandler(),
+            "meta": ocp.JsonCheckpointHandler(),
+        },
+    )
+
+  def latest(self) -> int | None:
+    """The newest complete checkpoint's epoch, or None if there is none."""
+    return self._manager.latest_step()
+
+  def save(
+      self,
+      epoch: int,
+      state: Mapping[str, Sequence[jax.Array]],
+      meta: Mapping[str, Any],
+  ) -> None:
+    """Writes the checkpoint of ``epoch`` and waits until it is on disk."""
+    ocp = self._ocp
+    self._manager.save(
+        epoch,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardSave({k: list(g) for k, g in state.items()}),
+            meta=ocp.args.JsonSave(dict(meta)),
+        ),
+    )
+    self._manager.wait_until_finished()
+
+  def restore(
+      self,
+      epoch: int,
+      like: Mapping[str, Sequence[jax.Array]],
+      names: Mapping[str, Sequence[str]],
+  ) -> tuple[dict[str, list[jax.Array]], dict[str, Any]]:
+    """Reads the checkpoint of ``epoch`` into arrays shaped like ``like``.
+
+    Args:
+      epoch: a checkpointed epoch, e.g. :meth:`latest`.
+      like: group name -> leaves whose shapes and dtypes the stored ones must
+        have.
+      names: group name -> a readable name for each leaf, for errors.
+
+    Returns:
+      ``(state, meta)``: group name -> list of arrays, and the JSON meta.
+
+    Raises:
+      ValueError: if the checkpoint's groups, leaf counts, shapes or dtypes
+        differ from ``like``.
+    """
+    ocp = self._ocp
+    stored = self._manager.item_metadata(epoch)["state"].tree
+    where = f"the checkpoint of epoch {epoch} in {self.directory}"
+    if set(stored) != set(like):
+      raise ValueError(
+          f"{where} holds {sorted(stored)}; this run needs {sorted(like)}."
+          " Resume with the same settings (validation_fraction) it was"
+          " written with, or start a fresh directory."
+      )
+    for group, leaves in like.items():
+      if len(stored[group]) != len(leaves):
+        raise ValueError(
+            f"{where} holds {len(stored[group])} {group} arrays; this run has"
+            f" {len(leaves)} ({list(names[group])}). Was it written for"
+            " another model or optimizer?"
+        )
+      for name, got, want in zip(names[group], stored[group], leaves):
+        if tuple(got.shape) != tuple(want.shape) or got.dtype != want.dtype:
+          raise ValueError(
+              f"{where} holds {name} with shape {tuple(got.shape)} and dtype"
+              f" {got.dtype}; this run has shape {tuple(want.shape)} and dtype"
+              f" {want.dtype}. Was it written for another model?"
+          )
+    target = {
+        group: [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in leaves]
+        for group, leaves in like.items()
+    }
+    out = self._manager.restore(
+        epoch,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(target),
+            meta=ocp.args.JsonRestore(),
+        ),
+    )
+    return dict(out["state"]), dict(out["meta"])
+
+  def close(self) -> None:
+    self._manager.close()

@@ -1,0 +1,235 @@
+"""Orbax checkpoints of fit (resume bit for bit) and save_params / load_params."""
+
+import os
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jaxsoftmax as js
+from jaxsoftmax._checkpoint import load_params, save_params
+from jaxsoftmax._training import fit
+
+# One optimizer with state (momentum) and one problem for every fit here, so
+# the jitted epoch compiles once for the module.
+MOMENTUM = optax.sgd(0.1, momentum=0.9)
+KEY = jax.random.key(3)
+N, D, K, B = 120, 5, 3, 16
+_x = np.random.default_rng(0).normal(size=(N, D))
+_teacher = np.random.default_rng(1).normal(size=(D, K))
+X = jnp.asarray(_x)
+Y = jnp.asarray(np.argmax(_x @ _teacher, axis=1).astype(np.int32))
+P0 = js.linear_init(jax.random.key(0), D, K, dtype=jnp.float64)
+
+
+def _fit(directory=None, *, params=P0, data=(X, Y), key=KEY, **kwargs):
+  options = dict(optimizer=MOMENTUM, batch_size=B, key=key,
+                 checkpoint_dir=directory)
+  options.update(kwargs)
+  return fit(js.softmax_regression_loss, params, data, **options)
+
+
+def _steps(directory):
+  return sorted(int(d) for d in os.listdir(directory) if d.isdigit())
+
+
+def _assert_trees_equal(a, b):
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    assert x.dtype == y.dtype and np.array_equal(x, y)
+
+
+@pytest.fixture(scope="module")
+def straight():
+  """Five uninterrupted epochs, the reference every resumed run must equal."""
+  return _fit(epochs=5)
+
+
+# ----------------------------------------------------------------------------
+# Resume.
+# ----------------------------------------------------------------------------
+
+
+def test_resume_after_two_epochs_equals_five_straight_epochs(tmp_path, straight):
+  first, history2 = _fit(tmp_path, epochs=2, keep_checkpoints=2)
+  assert _steps(tmp_path) == [1, 2]
+  params, history = _fit(tmp_path, epochs=5, resume=True, keep_checkpoints=2)
+  _assert_trees_equal(params, straight[0])
+  assert history.epoch == [1, 2, 3, 4, 5]
+  assert history.loss == straight[1].loss
+  assert history.loss[:2] == history2.loss
+  assert not np.array_equal(params["w"], first["w"])
+  # Only the newest keep_checkpoints remain.
+  assert _steps(tmp_path) == [4, 5]
+  # Resuming a finished run trains nothing and returns its params.
+  again, history_again = _fit(tmp_path, epochs=5, resume=True)
+  _assert_trees_equal(again, straight[0])
+  assert history_again.epoch == [1, 2, 3, 4, 5]
+
+
+def test_checkpoint_every_saves_on_schedule_and_at_the_end(tmp_path, straight):
+  _fit(tmp_path, epochs=3, checkpoint_every=2)
+  assert _steps(tmp_path) == [2, 3]
+  params, _ = _fit(tmp_path, epochs=5, resume=True, checkpoint_every=2)
+  _assert_trees_equal(params, straight[0])
+
+
+def test_resume_ignores_a_partially_written_checkpoint(tmp_path, straight):
+  _fit(tmp_path, epochs=2)
+  # What an interrupted save of epoch 3 leaves behind: Orbax's temporary
+  # directory, never renamed to "3".
+  partial = tmp_path / "3.orbax-checkpoint-tmp-1712345678"
+  (partial / "state").mkdir(parents=True)
+  (partial / "state" / "manifest.ocdbt").write_bytes(b"\x00" * 7)
+  params, history = _fit(tmp_path, epochs=5, resume=True)
+  _assert_trees_equal(params, straight[0])
+  assert history.loss == straight[1].loss
+
+
+def test_resume_without_a_checkpoint_starts_fresh(tmp_path, straight):
+  params, history = _fit(tmp_path / "new", epochs=5, resume=True)
+  _assert_trees_equal(params, straight[0])
+  assert history.epoch == [1, 2, 3, 4, 5]
+
+
+def test_resume_keeps_early_stopping_state(tmp_path):
+  # Random labels: the validation loss bottoms out at epoch 4 and early
+  # stopping ends the run at epoch 6 (patience 2). An interruption after
+  # epoch 5 must not lose the best epoch's params or loss. (150 rows with a
+  # fifth held out train on 120, the shapes of the other fits here.)
+  rng = np.random.default_rng(1)
+  data = (rng.normal(size=(150, D)), rng.integers(0, K, size=150).astype(np.int32))
+  options = dict(data=data, validation_fraction=0.2, patience=2)
+  ref_params, ref = _fit(epochs=30, **options)
+  assert ref.stopped_early and ref.best_epoch > 1
+  assert ref.epoch[-1] == ref.best_epoch + 2
+  _fit(tmp_path, epochs=ref.epoch[-2], **options)
+  params, history = _fit(tmp_path, epochs=30, resume=True, **options)
+  _assert_trees_equal(params, ref_params)
+  assert history.to_dict() | {"seconds": []} == ref.to_dict() | {"seconds": []}
+
+
+def test_resume_with_other_shapes_raises(tmp_path):
+  _fit(tmp_path, epochs=1)
+  wider = {"w": np.zeros((D, K + 1)), "b": np.zeros(K + 1)}
+  with pytest.raises(ValueError, match=r"params\['b'\] with shape \(3,\) .*"
+                     r" this run has shape \(4,\)"):
+    _fit(tmp_path, params=wider, epochs=2, resume=True)
+  mlp = [{"w": np.zeros((D, 4)), "b": np.zeros(4)},
+         {"w": np.zeros((4, K)), "b": np.zeros(K)}]
+  with pytest.raises(ValueError, match=r"holds 2 params arrays; this run has 4"):
+    _fit(tmp_path, params=mlp, epochs=2, resume=True)
+
+
+def test_resume_with_another_key_raises(tmp_path):
+  _fit(tmp_path, epochs=1)
+  with pytest.raises(ValueError, match=r"written with key data .* Pass the same key"):
+    _fit(tmp_path, key=jax.random.key(4), epochs=2, resume=True)
+
+
+def test_fresh_run_refuses_a_directory_with_checkpoints(tmp_path):
+  _fit(tmp_path, epochs=1)
+  with pytest.raises(ValueError, match=r"already holds checkpoints \(newest:"
+                     r" epoch 1\); pass resume=True"):
+    _fit(tmp_path, epochs=2)
+
+
+# ----------------------------------------------------------------------------
+# save_params / load_params.
+# ----------------------------------------------------------------------------
+
+# NumPy-built params in the layouts of linear_init and mlp_init: these tests
+# need no compiled JAX code.
+_rng = np.random.default_rng(2)
+
+
+def _layer(fan_in, fan_out):
+  return {"w": _rng.normal(size=(fan_in, fan_out)).astype(np.float32),
+          "b": _rng.normal(size=fan_out).astype(np.float32)}
+
+
+LINEAR = _layer(256, 100)
+MLP = [_layer(64, 32), _layer(32, 10)]
+
+
+@pytest.mark.parametrize("params", [LINEAR, MLP], ids=["linear", "mlp"])
+@pytest.mark.parametrize("dtype", [None, jnp.float16, jnp.bfloat16])
+def test_params_round_trip(tmp_path, params, dtype):
+  path = tmp_path / "params.npz"
+  size = save_params(path, params, dtype=dtype)
+  assert size == os.path.getsize(path)
+  loaded = load_params(path)
+  expected = jax.tree.map(lambda a: a.astype(dtype or a.dtype), params)
+  _assert_trees_equal(loaded, expected)
+  assert isinstance(loaded, type(params))
+  # The file opens with NumPy alone: leaves are named by their pytree path.
+  if isinstance(params, list):
+    name, w = "[0]['w']", expected[0]["w"]
+  else:
+    name, w = "['w']", expected["w"]
+  with np.load(path) as f:
+    stored = f[name]
+  if dtype == jnp.bfloat16:
+    assert stored.dtype == np.uint16
+    stored = stored.view(jnp.bfloat16)
+  np.testing.assert_array_equal(stored, np.asarray(w))
+
+
+def test_odd_dict_keys_round_trip(tmp_path):
+  params = {"it's": np.ones(2), "a]b": [np.zeros(1), {'"q"': np.arange(3)}],
+            "0": np.ones(1)}
+  save_params(tmp_path / "p.npz", params)
+  _assert_trees_equal(load_params(tmp_path / "p.npz"), params)
+
+
+def test_half_precision_halves_the_file(tmp_path):
+  full = save_params(tmp_path / "f32.npz", LINEAR)
+  half = save_params(tmp_path / "bf16.npz", LINEAR, dtype=jnp.bfloat16)
+  assert full > 4 * 256 * 100
+  assert 0.5 < half / full < 0.52
+
+
+def test_integer_leaves_keep_their_dtype(tmp_path):
+  params = {"w": jnp.ones((2, 3)), "step": jnp.arange(4, dtype=jnp.int32)}
+  save_params(tmp_path / "p.npz", params, dtype=jnp.float16)
+  loaded = load_params(tmp_path / "p.npz")
+  assert loaded["w"].dtype == jnp.float16 and loaded["step"].dtype == jnp.int32
+
+
+def test_save_is_atomic(tmp_path, monkeypatch):
+  path = tmp_path / "params.npz"
+  save_params(path, LINEAR)
+
+  def broken_savez(file, **arrays):
+    file.write(b"half a file")
+    raise OSError("disk full")
+
+  monkeypatch.setattr(np, "savez", broken_savez)
+  with pytest.raises(OSError, match="disk full"):
+    save_params(path, MLP)
+  # The old file is intact and no temporary file is left behind.
+  _assert_trees_equal(load_params(path), LINEAR)
+  assert os.listdir(tmp_path) == ["params.npz"]
+
+
+class _Layer(NamedTuple):
+  w: jax.Array
+
+
+def test_save_params_rejects_what_it_cannot_store(tmp_path):
+  with pytest.raises(TypeError, match=r"dtype must be None or a floating dtype"):
+    save_params(tmp_path / "p.npz", LINEAR, dtype=jnp.int8)
+  with pytest.raises(TypeError, match=r"dicts with str keys and lists .* '\.w'"):
+    save_params(tmp_path / "p.npz", _Layer(jnp.ones(2)))
+  with pytest.raises(TypeError, match=r"dicts with str keys"):
+    save_params(tmp_path / "p.npz", {1: jnp.ones(2)})
+  assert not os.listdir(tmp_path)
+
+
+def test_load_params_rejects_other_npz_files(tmp_path):
+  np.savez(tmp_path / "other.npz", w=np.ones(3))
+  with pytest.raises(ValueError, match=r"not a params file written by save_params"):
+    load_params(tmp_path / "other.npz")
