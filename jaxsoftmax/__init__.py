@@ -9,6 +9,7 @@ from jaxsoftmax import data as data
 from jaxsoftmax import metrics as metrics
 from jaxsoftmax import sharded as sharded
 from jaxsoftmax import reporting as reporting
+from jaxsoftmax import samplers as samplers
 from jaxsoftmax._checkpoint import load_params as load_params
 from jaxsoftmax._checkpoint import save_params as save_params
 from jaxsoftmax._fused import fused_linear_cross_entropy as fused_linear_cross_entropy
@@ -50,6 +51,9 @@ from jaxsoftmax._solvers import lbfgs_solve as lbfgs_solve
 from jaxsoftmax._solvers import newton_solve as newton_solve
 from jaxsoftmax._solvers import softmax_regression_hessian as softmax_regression_hessian
 from jaxsoftmax._solvers import softmax_regression_hvp as softmax_regression_hvp
+from jaxsoftmax._sampled import negative_sampling_loss as negative_sampling_loss
+from jaxsoftmax._sampled import nce_loss as nce_loss
+from jaxsoftmax._sampled import sampled_softmax_loss as sampled_softmax_loss
 from jaxsoftmax._solvers import SolverInfo as SolverInfo
 from jaxsoftmax._training import fit as fit
 from jaxsoftmax._training import History as History
