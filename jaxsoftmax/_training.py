@@ -10,6 +10,7 @@ for bit.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import sys
@@ -19,6 +20,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 from jax.typing import ArrayLike, DTypeLike
 import numpy as np
 import optax
@@ -28,6 +32,7 @@ from jaxsoftmax import _checkpoint
 from jaxsoftmax import _gradients
 from jaxsoftmax import _numerics
 from jaxsoftmax import _validation as v
+from jaxsoftmax import sharded
 
 # Default evaluation chunk: bounds the [chunk, K] logits held at once.
 EVAL_CHUNK_SIZE = 4096
@@ -152,9 +157,21 @@ def _cast_floats(tree: Any, dtype: jnp.dtype | None) -> Any:
   )
 
 
-def _leaves_finite(tree: Any) -> jax.Array:
-  """``[num_leaves]`` bool: whether each leaf is entirely finite."""
-  flags = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]
+def _leaves_finite(tree: Any, before: Any = None) -> jax.Array:
+  """``[num_leaves]`` bool: whether each leaf is entirely finite.
+
+  With ``before`` (the same tree one step earlier), an entry that is
+  non-finite but unchanged also counts as fine: a ``-inf`` bias that masks a
+  padded class (``sharded.pad_classes``) stays ``-inf`` and is not a
+  divergence; NaN never equals itself, so it is always caught.
+  """
+  leaves = jax.tree.leaves(tree)
+  olds = [None] * len(leaves) if before is None else jax.tree.leaves(before)
+  flags = [
+      jnp.all(jnp.isfinite(leaf) if old is None
+              else jnp.isfinite(leaf) | (leaf == old))
+      for leaf, old in zip(leaves, olds)
+  ]
   return jnp.stack(flags) if flags else jnp.zeros((0,), bool)
 
 
@@ -178,6 +195,7 @@ def _minibatches(key, epoch, *, num_examples, batch_size):
         "optimizer",
         "compute_dtype",
         "static_kwargs",
+        "batch_sharding",
     ),
 )
 def _train_epoch(
@@ -193,11 +211,13 @@ def _train_epoch(
     optimizer,
     compute_dtype,
     static_kwargs,
+    batch_sharding=None,
 ):
   """The optimizer steps over ``batches`` (row indices), scanned.
 
   Each step gathers its own rows, so the epoch never holds a second, shuffled
-  copy of the dataset.
+  copy of the dataset. With ``batch_sharding`` (a ``NamedSharding``) the
+  minibatch is laid out as it says, e.g. rows split over a data axis.
   """
   kwargs = {**dynamic_kwargs, **dict(static_kwargs)}
   if value_and_grad_fn is None:
@@ -207,6 +227,10 @@ def _train_epoch(
     params, opt_state, good = carry
     xb = _cast_floats(x[idx], compute_dtype)
     yb = y[idx]
+    if batch_sharding is not None:
+      xb, yb = sharded.shard_params(
+          (xb, yb), batch_sharding.mesh, batch_sharding.spec
+      )
     loss, grads = value_and_grad_fn(
         _cast_floats(params, compute_dtype), xb, yb, **kwargs
     )
@@ -225,7 +249,7 @@ def _train_epoch(
     new_params = optax.apply_updates(params, updates)
     loss_ok = jnp.isfinite(loss)
     grads_ok = _leaves_finite(grads)
-    params_ok = _leaves_finite(new_params)
+    params_ok = _leaves_finite(new_params, params)
     # Once a step goes bad, no later step may update: the carry then ends
     # at the last finite params, which fit hands back.
     good = good & loss_ok & jnp.all(grads_ok) & jnp.all(params_ok)
@@ -392,6 +416,18 @@ def _restore(
   return restored, History.from_dict(meta["history"])
 
 
+def _layout_on(mesh: Mesh, params: Any) -> Any:
+  """Each leaf's ``PartitionSpec`` if it already lives on ``mesh``, else P()."""
+
+  def spec(leaf):
+    sharding = getattr(leaf, "sharding", None)
+    if isinstance(sharding, NamedSharding) and sharding.mesh == mesh:
+      return sharding.spec
+    return P()
+
+  return jax.tree.map(spec, params)
+
+
 def _key_data(key: jax.Array) -> list[int]:
   if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
     key = jax.random.key_data(key)
@@ -420,6 +456,9 @@ def fit(
     compute_dtype: DTypeLike | None = None,
     loss_kwargs: Mapping[str, Any] | None = None,
     eval_chunk_size: int = EVAL_CHUNK_SIZE,
+    mesh: Mesh | None = None,
+    param_specs: Any = None,
+    data_axis_name: str | None = "data",
 ) -> tuple[Any, History]:
   r"""Trains ``params`` by minibatch optimization of ``loss_fn`` over ``data``.
 
@@ -490,6 +529,22 @@ def fit(
   rather than mixing two runs; so does a checkpoint whose arrays do not
   match ``params`` and the optimizer state in shape.
 
+  Sharding: with ``mesh`` the params are placed on it by
+  :func:`jaxsoftmax.sharded.shard_params` with ``param_specs`` (e.g.
+  ``{"w": P(None, "model"), "b": P("model")}`` for a class-split output
+  layer; None keeps the layout of leaves already on ``mesh`` and replicates
+  the others), the optimizer state is created under ``jit`` so it follows
+  the params' layout (Adam's moments are split like ``w``), the training and
+  evaluation data are replicated on every device, and, when the mesh has an
+  axis ``data_axis_name``, each minibatch's rows are split over it (the
+  batch size must be divisible by its size). The steps run inside
+  ``jax.set_mesh(mesh)``; the loss decides how the work is split, e.g.
+  ``lambda p, x, y: vocab_parallel_cross_entropy(x, p["w"], p["b"], y,
+  mesh=mesh, data_axis_name="data")``. The returned params keep the layout.
+  On a mesh spanning several processes (after ``jax.distributed.initialize``)
+  every process calls ``fit`` with the same arguments and gets the same
+  history.
+
   Args:
     loss_fn: ``loss_fn(params, x, y, **loss_kwargs) -> scalar``, the mean
       loss of a minibatch (plus terms that do not depend on the batch).
@@ -524,6 +579,12 @@ def fit(
       ``{"l2": 1e-3}``). Arrays are traced; other values are static options
       of the compiled epoch (a new value recompiles).
     eval_chunk_size: rows per evaluation chunk.
+    mesh: a ``jax.sharding.Mesh`` to train on; None trains on the default
+      device.
+    param_specs: a ``PartitionSpec`` or a pytree of them matching a prefix
+      of ``params``; needs ``mesh``.
+    data_axis_name: the mesh axis minibatch rows are split over, if the mesh
+      has an axis of that name.
 
   Returns:
     ``(params, history)``: the trained params (the best epoch's with
@@ -585,6 +646,24 @@ def fit(
           "compute_dtype must be None or a floating dtype; got"
           f" {compute_dtype}."
       )
+  if mesh is None and param_specs is not None:
+    raise ValueError(
+        "param_specs needs a mesh to place the params on; pass mesh= too."
+    )
+  if mesh is not None and not isinstance(mesh, Mesh):
+    raise TypeError(
+        f"mesh must be None or a jax.sharding.Mesh; got {type(mesh).__name__}."
+    )
+  batch_sharding = None
+  if mesh is not None and data_axis_name in mesh.axis_names:
+    if batch_size % mesh.shape[data_axis_name]:
+      raise ValueError(
+          f"batch_size ({batch_size}) must be divisible by the size of mesh"
+          f" axis {data_axis_name!r} ({mesh.shape[data_axis_name]}), which"
+          f" splits each minibatch's rows; the mesh has shape"
+          f" {dict(mesh.shape)}."
+      )
+    batch_sharding = NamedSharding(mesh, P(data_axis_name))
   dynamic_kwargs, static_kwargs = _split_kwargs(dict(loss_kwargs or {}))
   params = jax.tree.map(jnp.asarray, params)
   x, y = _check_data("data", data, labels=logits_fn is not None)
@@ -614,6 +693,14 @@ def fit(
     )
   if num_val:
     (x, y), (x_val, y_val) = _split(x, y, key, num_val)
+  if mesh is not None:
+    params = sharded.shard_params(
+        params, mesh,
+        _layout_on(mesh, params) if param_specs is None else param_specs,
+    )
+    # Every device keeps all the data: minibatches draw random rows, which a
+    # dataset split over devices would have to gather across them each step.
+    x, y, dynamic_kwargs = sharded.shard_params((x, y, dynamic_kwargs), mesh)
 
   value_and_grad_fn = _resolve_value_and_grad(loss_fn, value_and_grad_fn)
   optimizer = optax.with_extra_args_support(optimizer)
@@ -624,6 +711,7 @@ def fit(
       optimizer=optimizer,
       compute_dtype=compute_dtype,
       static_kwargs=static_kwargs,
+      batch_sharding=batch_sharding,
   )
   eval_sets = {}
   if logits_fn is not None:
@@ -632,113 +720,132 @@ def fit(
     eval_sets["val"] = (x_val, y_val)
   if eval_data is not None:
     eval_sets["test"] = (x_test, y_test)
+  if mesh is not None:
+    eval_sets = sharded.shard_params(eval_sets, mesh)
   steps = num_train // batch_size
   names_grads = _checkpoint.leaf_names(params, "grads")
   names_params = _checkpoint.leaf_names(params, "params")
 
   # --- Start, or resume from a checkpoint. ---
-  opt_state = optimizer.init(params)
-  history = History()
-  best_params, best_loss = params, np.inf
-  done = 0
-  checkpoints = None
-  if checkpoint_dir is not None:
-    checkpoints = _checkpoint.Checkpoints(checkpoint_dir, keep=keep_checkpoints)
-  try:
-    state_like = {"params": params, "opt_state": opt_state}
-    if num_val:
-      state_like["best_params"] = params
-    if checkpoints is not None:
-      latest = checkpoints.latest()
-      if latest is not None and not resume:
-        raise ValueError(
-            f"checkpoint_dir {checkpoints.directory} already holds checkpoints"
-            f" (newest: epoch {latest}); pass resume=True to continue that"
-            " run, or use an empty directory."
-        )
-      if latest is not None:
-        restored, history = _restore(checkpoints, latest, state_like, key)
-        params, opt_state = restored["params"], restored["opt_state"]
-        best_params = restored.get("best_params", params)
-        if history.best_epoch is not None:
-          best_loss = history.val_loss[history.best_epoch - 1]
-        done = latest
-
-    show = sys.stderr.isatty() if progress is None else bool(progress)
-    bar = tqdm(
-        total=epochs, initial=min(done, epochs), disable=not show,
-        desc="fit", unit="epoch", file=sys.stderr,
-    )
-    with bar:
-      for epoch in range(done + 1, epochs + 1):
-        if history.stopped_early:
-          break
-        t0 = time.perf_counter()
-        batches = _minibatches(
-            key, epoch, num_examples=num_train, batch_size=batch_size
-        )
-        new_params, new_opt_state, stats = train_epoch(
-            params, opt_state, x, y, batches, dynamic_kwargs
-        )
-        evals = {}
-        if eval_sets:
-          evals = _evaluate(
-              new_params, eval_sets, dynamic_kwargs,
-              loss_fn=loss_fn, logits_fn=logits_fn, chunk_size=eval_chunk_size,
-              static_kwargs=static_kwargs, accuracy_only=("train",),
+  # Inside the mesh scope, the optimizer state is created under jit so it
+  # inherits the params' layout, and losses may name mesh axes in specs.
+  scope = contextlib.nullcontext() if mesh is None else jax.set_mesh(mesh)
+  with scope:
+    if mesh is None:
+      opt_state = optimizer.init(params)
+    else:
+      opt_state = jax.jit(optimizer.init)(params)
+    history = History()
+    best_params, best_loss = params, np.inf
+    done = 0
+    checkpoints = None
+    if checkpoint_dir is not None:
+      checkpoints = _checkpoint.Checkpoints(
+          checkpoint_dir, keep=keep_checkpoints
+      )
+    try:
+      state_like = {"params": params, "opt_state": opt_state}
+      if num_val:
+        state_like["best_params"] = params
+      if checkpoints is not None:
+        latest = checkpoints.latest()
+        if latest is not None and not resume:
+          raise ValueError(
+              f"checkpoint_dir {checkpoints.directory} already holds"
+              f" checkpoints (newest: epoch {latest}); pass resume=True to"
+              " continue that run, or use an empty directory."
           )
-        stats, evals = jax.device_get((stats, evals))
+        if latest is not None:
+          restored, history = _restore(checkpoints, latest, state_like, key)
+          if mesh is not None:
+            restored = jax.device_put(
+                restored, jax.tree.map(lambda a: a.sharding, state_like)
+            )
+          params, opt_state = restored["params"], restored["opt_state"]
+          best_params = restored.get("best_params", params)
+          if history.best_epoch is not None:
+            best_loss = history.val_loss[history.best_epoch - 1]
+          done = latest
 
-        bad = _first_bad(stats, names_grads, names_params)
-        if bad is not None:
-          s, tensor = bad
-          global_step = (epoch - 1) * steps + s + 1
-          raise TrainingDiverged(
-              f"training diverged in epoch {epoch}, step {s + 1} of {steps}"
-              f" (global step {global_step}): {tensor} became non-finite (NaN"
-              " or inf). TrainingDiverged.params holds the last finite params,"
-              " from before that step. Lower the learning rate, clip the"
-              " gradients (optax.clip_by_global_norm) or compute in float32.",
-              epoch=epoch, step=s + 1, global_step=global_step, tensor=tensor,
-              params=new_params, history=history,
+      show = sys.stderr.isatty() if progress is None else bool(progress)
+      bar = tqdm(
+          total=epochs, initial=min(done, epochs), disable=not show,
+          desc="fit", unit="epoch", file=sys.stderr,
+      )
+      with bar:
+        for epoch in range(done + 1, epochs + 1):
+          if history.stopped_early:
+            break
+          t0 = time.perf_counter()
+          batches = _minibatches(
+              key, epoch, num_examples=num_train, batch_size=batch_size
           )
-        params, opt_state = new_params, new_opt_state
+          new_params, new_opt_state, stats = train_epoch(
+              params, opt_state, x, y, batches, dynamic_kwargs
+          )
+          evals = {}
+          if eval_sets:
+            evals = _evaluate(
+                new_params, eval_sets, dynamic_kwargs,
+                loss_fn=loss_fn, logits_fn=logits_fn,
+                chunk_size=eval_chunk_size, static_kwargs=static_kwargs,
+                accuracy_only=("train",),
+            )
+          stats, evals = jax.device_get((stats, evals))
 
-        history.epoch.append(epoch)
-        history.loss.append(float(np.mean(stats[0])))
-        for split_name, metrics in evals.items():
-          for metric, value in metrics.items():
-            getattr(history, f"{split_name}_{metric}").append(float(value))
-        if num_val:
-          val_loss = history.val_loss[-1]
-          if val_loss < best_loss:
-            best_loss, best_params = val_loss, params
-            history.best_epoch = epoch
-          elif (
-              patience is not None
-              and epoch - (history.best_epoch or 0) >= patience
-          ):
-            history.stopped_early = True
-        history.seconds.append(time.perf_counter() - t0)
+          bad = _first_bad(stats, names_grads, names_params)
+          if bad is not None:
+            s, tensor = bad
+            global_step = (epoch - 1) * steps + s + 1
+            raise TrainingDiverged(
+                f"training diverged in epoch {epoch}, step {s + 1} of {steps}"
+                f" (global step {global_step}): {tensor} became non-finite"
+                " (NaN or inf). TrainingDiverged.params holds the last finite"
+                " params, from before that step. Lower the learning rate,"
+                " clip the gradients (optax.clip_by_global_norm) or compute"
+                " in float32.",
+                epoch=epoch, step=s + 1, global_step=global_step, tensor=tensor,
+                params=new_params, history=history,
+            )
+          params, opt_state = new_params, new_opt_state
 
-        bar.set_postfix(_postfix(history), refresh=False)
-        bar.update()
-        last = epoch == epochs or history.stopped_early
-        if checkpoints is not None and (epoch % checkpoint_every == 0 or last):
-          state = {"params": params, "opt_state": opt_state}
+          history.epoch.append(epoch)
+          history.loss.append(float(np.mean(stats[0])))
+          for split_name, metrics in evals.items():
+            for metric, value in metrics.items():
+              getattr(history, f"{split_name}_{metric}").append(float(value))
           if num_val:
-            state["best_params"] = best_params
-          meta = {
-              "epoch": epoch,
-              "history": history.to_dict(),
-              "key": _key_data(key),
-          }
-          checkpoints.save(
-              epoch, {k: jax.tree.leaves(t) for k, t in state.items()}, meta
-          )
-  finally:
-    if checkpoints is not None:
-      checkpoints.close()
+            val_loss = history.val_loss[-1]
+            if val_loss < best_loss:
+              best_loss, best_params = val_loss, params
+              history.best_epoch = epoch
+            elif (
+                patience is not None
+                and epoch - (history.best_epoch or 0) >= patience
+            ):
+              history.stopped_early = True
+          history.seconds.append(time.perf_counter() - t0)
+
+          bar.set_postfix(_postfix(history), refresh=False)
+          bar.update()
+          last = epoch == epochs or history.stopped_early
+          if checkpoints is not None and (
+              epoch % checkpoint_every == 0 or last
+          ):
+            state = {"params": params, "opt_state": opt_state}
+            if num_val:
+              state["best_params"] = best_params
+            meta = {
+                "epoch": epoch,
+                "history": history.to_dict(),
+                "key": _key_data(key),
+            }
+            checkpoints.save(
+                epoch, {k: jax.tree.leaves(t) for k, t in state.items()}, meta
+            )
+    finally:
+      if checkpoints is not None:
+        checkpoints.close()
   return (best_params if patience is not None else params), history
 
 

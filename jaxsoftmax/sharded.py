@@ -25,7 +25,7 @@ several hosts after ``jax.distributed.initialize`` (a mesh over
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -518,3 +518,120 @@ def vocab_parallel_predict(
   return vocab_parallel_top_k(x, w, b, 1, mesh=mesh, axis_name=axis_name)[1][
       :, 0
   ]
+
+
+def _spec_axes(spec: P) -> list[str]:
+  """The mesh axis names a ``PartitionSpec`` uses, in order."""
+  names = []
+  for entry in spec:
+    if entry is None:
+      continue
+    names.extend(entry if isinstance(entry, tuple) else (entry,))
+  return names
+
+
+def _check_spec(where: str, leaf: Any, spec: Any, mesh: Mesh) -> None:
+  if not isinstance(spec, P):
+    raise TypeError(
+        f"the spec of {where} must be a jax.sharding.PartitionSpec; got"
+        f" {spec!r}."
+    )
+  shape = jnp.shape(leaf)
+  if len(spec) > len(shape):
+    raise ValueError(
+        f"{where} has shape {shape} but its spec {spec} names"
+        f" {len(spec)} dimensions; expected at most {len(shape)}."
+    )
+  for dim, entry in enumerate(spec):
+    names = _spec_axes(P(entry))
+    unknown = [n for n in names if n not in mesh.axis_names]
+    if unknown:
+      raise ValueError(
+          f"the spec {spec} of {where} names {unknown}, not an axis of the"
+          f" mesh; the mesh has axes {mesh.axis_names} with shape"
+          f" {dict(mesh.shape)}."
+      )
+    parts = 1
+    for n in names:
+      parts *= mesh.shape[n]
+    if shape[dim] % parts:
+      raise ValueError(
+          f"{where} has shape {shape}; its dimension {dim} ({shape[dim]}) must"
+          f" be divisible by {parts}, the size of mesh axes {names} in its"
+          f" spec {spec}. Pad it first (for classes: pad_classes)."
+      )
+
+
+def _put(x: Any, sharding: NamedSharding) -> jax.Array:
+  """``x`` laid out as ``sharding``: a transfer, or under ``jit`` a constraint."""
+  if v.is_concrete(x):
+    # device_put accepts host values on a mesh spanning several processes:
+    # each process keeps the shards of its own devices.
+    return jax.device_put(x, sharding)
+  if all(t == AxisType.Explicit for t in sharding.mesh.axis_types):
+    return jax.reshard(x, sharding)
+  return lax.with_sharding_constraint(x, sharding)
+
+
+def shard_params(params: Any, mesh: Mesh, specs: Any = None) -> Any:
+  """Places a pytree of arrays on ``mesh``, each leaf split as its spec says.
+
+  ``specs`` is one ``PartitionSpec`` for every leaf, or a pytree of them
+  shaped like a prefix of ``params``. For a linear output layer,
+  ``{"w": P(None, "model"), "b": P("model")}`` splits the classes over the
+  ``"model"`` axis, the layout :func:`vocab_parallel_cross_entropy` works in;
+  ``P()`` (and ``specs=None``) replicates. Any pytree works, so the same call
+  replicates a dataset or splits a batch's rows (``P("data")``).
+
+  On concrete arrays this is a ``jax.device_put``: on a mesh spanning several
+  processes (after ``jax.distributed.initialize``) every process passes the
+  same values and keeps the shards of its own devices. Under ``jit`` it
+  constrains the layout instead. Optimizer state built by
+  ``jax.jit(optimizer.init)`` on the placed params inside
+  ``jax.set_mesh(mesh)`` follows their layout (Adam's moments are split like
+  ``w``); :func:`jaxsoftmax.fit` does that when given a ``mesh``.
+
+  Args:
+    params: a pytree of arrays (NumPy or JAX), e.g. ``{"w": [d, K], "b":
+      [K]}``.
+    mesh: a ``jax.sharding.Mesh``.
+    specs: a ``PartitionSpec``, a pytree of them matching a prefix of
+      ``params``, or None (replicate everything). Each split dimension must
+      be divisible by the size of its mesh axes.
+
+  Returns:
+    ``params`` with every leaf a ``jax.Array`` of sharding
+    ``NamedSharding(mesh, spec)``.
+
+  Examples:
+    >>> import jax
+    >>> from jax.sharding import PartitionSpec as P
+    >>> from jaxsoftmax import linear_init
+    >>> from jaxsoftmax.sharded import shard_params
+    >>> mesh = jax.make_mesh((1,), ("model",))
+    >>> params = shard_params(linear_init(jax.random.key(0), 3, 4), mesh,
+    ...                       {"w": P(None, "model"), "b": P("model")})
+    >>> params["w"].sharding.spec
+    P(None, 'model')
+  """
+  _check_mesh(mesh, None, None)
+  specs = P() if specs is None else specs
+  is_spec = lambda s: isinstance(s, P)
+  try:
+    full = jax.tree.map(
+        lambda spec, sub: jax.tree.map(lambda _: spec, sub), specs, params,
+        is_leaf=is_spec,
+    )
+  except ValueError as e:
+    raise ValueError(
+        "specs must be a PartitionSpec or a pytree of them matching a prefix"
+        f" of params; got specs {jax.tree.structure(specs, is_leaf=is_spec)}"
+        f" for params {jax.tree.structure(params)}."
+    ) from e
+
+  def place(path, leaf, spec):
+    where = "params" + jax.tree_util.keystr(path)
+    _check_spec(where, leaf, spec, mesh)
+    return _put(leaf, NamedSharding(mesh, spec))
+
+  return jax.tree_util.tree_map_with_path(place, params, full)
