@@ -7,9 +7,11 @@ explicit functions. See README.md for the map.
 
 from jaxsoftmax import data as data
 from jaxsoftmax import metrics as metrics
+from jaxsoftmax import nn as nn
 from jaxsoftmax import sharded as sharded
 from jaxsoftmax import reporting as reporting
 from jaxsoftmax import samplers as samplers
+from jaxsoftmax._augment import mixup as mixup
 from jaxsoftmax._checkpoint import load_params as load_params
 from jaxsoftmax._checkpoint import save_params as save_params
 from jaxsoftmax._fused import fused_linear_cross_entropy as fused_linear_cross_entropy

@@ -83,6 +83,20 @@ def check_label_smoothing(label_smoothing: float) -> None:
     )
 
 
+def check_rate(name: str, value: Any) -> None:
+  """Raises unless ``value`` is a static Python float in ``[0, 1)``.
+
+  For drop probabilities: a rate of 1 would scale the kept units by 1/0.
+  """
+  if not isinstance(value, (int, float)) or isinstance(value, bool):
+    raise TypeError(
+        f"{name} must be a Python float in [0, 1) (it is a static option);"
+        f" got {type(value).__name__}."
+    )
+  if not 0.0 <= value < 1.0:
+    raise ValueError(f"{name} must lie in [0, 1); got {value}.")
+
+
 def check_ignore_index(ignore_index: int | None) -> None:
   if ignore_index is not None and (
       not isinstance(ignore_index, (int, np.integer))
