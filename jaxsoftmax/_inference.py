@@ -42,7 +42,10 @@ def _head(logits, temperature, head, k):
   hf = _scaled(logits, temperature)
   lse = _numerics.logsumexp(hf)
   if head == "proba":
-    return _numerics.softmax_from_lse(hf, lse)
+    # exp(h - lse) can round a dominant class to 1 + O(eps) (lse is a sum of
+    # rounded terms); probabilities must stay in [0, 1] for the calibration
+    # metrics that validate them.
+    return jnp.minimum(_numerics.softmax_from_lse(hf, lse), 1)
   # Shapes are static while tracing, so this raises at the call, before
   # lax.top_k's own error would.
   if k > hf.shape[-1]:

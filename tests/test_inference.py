@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxsoftmax import metrics
 from jaxsoftmax._inference import fit_temperature
 from jaxsoftmax._inference import predict
 from jaxsoftmax._inference import predict_proba
@@ -259,3 +260,15 @@ _Z = np.array([[2.0, 0.0, -1.0], [0.0, 1.0, 0.5], [1.0, 0.0, 3.0]])
 def test_fit_temperature_bad_inputs_raise_clear_errors(call, error, match):
   with pytest.raises(error, match=match):
     call()
+
+
+def test_predict_proba_with_temperature_never_exceeds_one():
+  """Pins the bug where exp(h/T - lse) rounded to 1 + 1e-6 in float32 and the
+  calibration metrics then rejected the probabilities."""
+  x = jnp.asarray(
+      np.random.default_rng(0).normal(size=(1000, 10)) * 8, jnp.float32
+  )
+  params = {"w": jnp.eye(10, dtype=jnp.float32), "b": jnp.zeros(10, jnp.float32)}
+  p = predict_proba(params, x, temperature=0.7)
+  assert float(p.max()) <= 1.0
+  metrics.expected_calibration_error(p, jnp.zeros(1000, jnp.int32))
