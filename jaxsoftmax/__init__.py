@@ -6,6 +6,7 @@ explicit functions. See README.md for the map.
 """
 
 from jaxsoftmax import data as data
+from jaxsoftmax import large_vocab as large_vocab
 from jaxsoftmax import metrics as metrics
 from jaxsoftmax import nn as nn
 from jaxsoftmax import sharded as sharded

@@ -54,3 +54,38 @@ def test_bench_loss_quick_runs_and_writes_results(tmp_path):
   assert {"manual_not_slower_than_optax", "roofline_at_k"} <= set(
       data["targets"]
   )
+
+
+def test_bench_inference_quick_runs_and_writes_results(tmp_path):
+  proc = run_quick("bench_inference.py", tmp_path)
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  assert "p99_us" in proc.stdout and "bfloat16" in proc.stdout
+
+  data = json.loads((tmp_path / "bench_inference_quick.json").read_text())
+  assert data["config"]["quick"] is True
+  rows = data["latency_throughput"]
+  models = {r["model"] for r in rows}
+  assert len(models) == 2
+  for model in models:
+    cases = {(r["call"], r["samples"]) for r in rows if r["model"] == model}
+    assert {("predict", 1), ("predict", 100), ("bare jit", 1),
+            ("bare jit", 100)} <= cases
+  for r in rows:
+    assert r["p50_us"] > 0
+    if "p99_us" in r:
+      assert r["p99_us"] >= r["p50_us"]
+    else:
+      assert r["samples_per_s"] > 0
+
+  storage = data["storage"]
+  for model in models:
+    sizes = {r["storage"]: r for r in storage if r["model"] == model}
+    assert set(sizes) == {"float32", "float16", "bfloat16"}
+    # Half the bytes per weight; the container overhead is small.
+    for half in ("float16", "bfloat16"):
+      ratio = sizes[half]["file_bytes"] / sizes["float32"]["file_bytes"]
+      assert 0.5 < ratio < 0.6, (model, half, ratio)
+      # 16-bit rounding moves a logit by ~0.1-0.4%: few predictions flip.
+      assert sizes[half]["predictions_changed"] < 0.02
+    assert sizes["float32"]["accuracy_change_points"] == 0
+    assert sizes["float32"]["test_accuracy"] > 0.3

@@ -14,6 +14,7 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,3 +69,91 @@ def test_gradient_check_flags_a_wrong_gradient(monkeypatch):
                       np.random.default_rng(1))
   assert row["f64 rel"] > gc.TOLERANCE
   assert row["FD rel (median)"] > 1e-9
+
+
+def mnist_cached():
+  from jaxsoftmax.data import MNIST
+  try:
+    MNIST.require()
+  except FileNotFoundError:
+    return False
+  return True
+
+
+def test_mnist_without_data_says_make_data(tmp_path, monkeypatch):
+  monkeypatch.setenv("JAXSOFTMAX_DATA", str(tmp_path / "empty"))
+  proc = run_experiment("mnist", tmp_path, "--quick")
+  assert proc.returncode == 1, proc.stdout + proc.stderr
+  assert "make data" in proc.stderr and "Traceback" not in proc.stderr
+  assert list(tmp_path.glob("*.json")) == []
+
+
+@pytest.mark.skipif(not mnist_cached(), reason="MNIST not cached: make data")
+def test_mnist_quick(tmp_path):
+  proc = run_experiment("mnist", tmp_path, "--quick")
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  assert "test error" in proc.stdout and "ECE before / after" in proc.stdout
+
+  results = json.loads((tmp_path / "mnist_quick.json").read_text())
+  assert {"test_error", "train_seconds", "train_seconds_excluding_compile",
+          "ece_before", "ece_after", "nll_before", "nll_after", "dataset",
+          "model", "temperature", "history", "targets"} <= set(results)
+  assert results["dataset"]["name"] == "MNIST"
+  assert results["dataset"]["train"] == 2000
+  assert results["model"]["parameters"] == 784 * 10 + 10
+  # One epoch on 2000 images is far from converged, but well above chance.
+  assert results["test_error"] < 0.5
+  # The timed second fit must reproduce the first exactly.
+  assert results["rerun_identical"]
+  assert results["temperature"] > 0
+  assert 0 <= results["ece_after"] <= 1 and results["nll_after"] > 0
+  # Temperature scaling minimizes the validation NLL it was fitted on.
+  assert results["val_nll_after"] <= results["val_nll_before"] + 1e-6
+  assert results["history"]["epoch"] == [1]
+  for kind in ("curves", "reliability", "confusion", "weights"):
+    png = tmp_path / f"mnist_quick_{kind}.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", kind
+
+
+def gcide_cached():
+  from jaxsoftmax.data import GCIDE
+  try:
+    GCIDE.require()
+  except FileNotFoundError:
+    return False
+  return True
+
+
+def test_large_vocab_without_data_says_make_data_text(tmp_path, monkeypatch):
+  monkeypatch.setenv("JAXSOFTMAX_DATA", str(tmp_path / "empty"))
+  proc = run_experiment("large_vocab", tmp_path, "--quick")
+  assert proc.returncode == 1, proc.stdout + proc.stderr
+  assert "make data-text" in proc.stderr and "Traceback" not in proc.stderr
+  assert list(tmp_path.glob("*.json")) == []
+
+
+@pytest.mark.skipif(not gcide_cached(),
+                    reason="GCIDE not cached: make data-text")
+def test_large_vocab_quick(tmp_path):
+  proc = run_experiment("large_vocab", tmp_path, "--quick")
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  assert "Held-out exact perplexity" in proc.stdout
+
+  results = json.loads((tmp_path / "large_vocab.json").read_text())
+  assert results["quick"]
+  rows = results["rows"]
+  # One sampled configuration in quick mode, so one row per method.
+  assert [r["method"].split()[0] for r in rows] == [
+      "full", "sampled", "nce", "negative_sampling", "hierarchical_huffman",
+      "hierarchical_balanced", "class_based"]
+  for r in rows:
+    h = r["history"]
+    assert r["steps"] >= 1 and r["temp MiB"] > 0, r["method"]
+    assert h["steps"][0] == 0 and h["seconds"][0] == 0, r["method"]
+    assert h["seconds"][-1] >= results["config"]["budget_seconds"], r["method"]
+    assert np.isfinite(h["perplexity"]).all(), r["method"]
+  # The exact heads cannot do worse than uniform over K = 300 once trained.
+  for r in rows:
+    if r["method"] in ("full", "hierarchical_balanced", "class_based"):
+      assert r["ppl"] < 300, r
+  assert (tmp_path / "large_vocab.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,917 @@
+r"""Next-word prediction at very large K: context model, output heads, training.
+
+A small neural language model in the style of Bengio et al. (2003): a
+:class:`ContextModel` embeds the ``context`` previous word ids and maps them
+through one hidden layer to features :math:`x \in \mathbb{R}^d`; a
+:class:`LargeSoftmaxHead` turns the features into a distribution over the
+:math:`K` words of the vocabulary. The head is where the cost lies (the
+logits alone are :math:`O(BKd)` per batch), so it comes in the seven
+flavours of the library's very-large-K layer, all trained through the same
+:meth:`LargeSoftmaxHead.loss` and all *evaluated exactly*:
+
+- ``"full"``: :func:`~jaxsoftmax.fused_linear_cross_entropy`,
+  :math:`O(Kd)` per example;
+- ``"sampled"``: :func:`~jaxsoftmax.sampled_softmax_loss`, :math:`O(md)`;
+- ``"nce"``: :func:`~jaxsoftmax.nce_loss`, :math:`O(md)`;
+- ``"negative_sampling"``: :func:`~jaxsoftmax.negative_sampling_loss`,
+  :math:`O(md)`;
+- ``"hierarchical_huffman"`` / ``"hierarchical_balanced"``:
+  :func:`~jaxsoftmax.hierarchical_softmax_loss` on a Huffman / balanced
+  tree, :math:`O(Hd)` / :math:`O(d \log_2 K)`;
+- ``"class_based"``: :func:`~jaxsoftmax.class_based_softmax_loss`,
+  :math:`O((C + S)d)`
+
+(:math:`m` candidates per batch, :math:`H` the entropy of the word
+frequencies in bits, :math:`C` clusters of at most :math:`S` words.)
+Whatever the training loss, :meth:`LargeSoftmaxHead.log_probs` and
+:meth:`LargeSoftmaxHead.perplexity` use the model the head defines, normalized
+over all :math:`K` words: the softmax of :math:`x^\top w + b` for the heads
+with an output matrix, the product of branch probabilities for the trees, the
+two-level softmax for the clusters. NCE and negative sampling train the same
+scores but do not make them self-normalized (negative sampling does not even
+aim at the likelihood: it learns :math:`s_k \approx \log(p_k / (m q_k))`), so
+their perplexity is that of the full softmax of their scores, the only exact
+number their parameters give; it is not the quantity they optimize.
+
+:func:`train` runs the heads for a wall-clock budget: one jitted step that
+draws its own mini-batch on the device, the optimizer from Optax through
+``flax.nnx.Optimizer``, and held-out perplexity at checkpoints whose
+evaluation time is kept out of the budget.
+
+The optimizer update is dense: a sampled or tree head's gradient is zero
+outside the gathered columns but is still a ``[d, K]`` array, and Adam moves
+all of ``w`` through its moments, so every step costs at least
+:math:`O(Kd)` memory traffic even when the loss costs :math:`O(md)`.
+
+References:
+  Y. Bengio, R. Ducharme, P. Vincent, C. Jauvin, "A neural probabilistic
+  language model", JMLR 3 (2003); "Training multinomial logistic regression
+  at scale", very large K (seed 000); J. Chen et al., "Adaptive sampled
+  softmax with inverted multi-index" (2025) (seed 002).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike, DTypeLike
+import numpy as np
+import optax
+
+from jaxsoftmax import _fused
+from jaxsoftmax import _hierarchical
+from jaxsoftmax import _models
+from jaxsoftmax import _numerics
+from jaxsoftmax import _optim
+from jaxsoftmax import _sampled
+from jaxsoftmax import _validation as v
+from jaxsoftmax import samplers as _samplers
+
+__all__ = [
+    "METHODS",
+    "SAMPLERS",
+    "ContextModel",
+    "LargeSoftmaxHead",
+    "TrainHistory",
+    "train",
+    "train_step",
+]
+
+METHODS = (
+    "full",
+    "sampled",
+    "nce",
+    "negative_sampling",
+    "hierarchical_huffman",
+    "hierarchical_balanced",
+    "class_based",
+)
+SAMPLERS = ("uniform", "log_uniform", "unigram")
+
+# Options each method takes, with their defaults. The w-based heads all
+# evaluate through the fused op, hence chunk_size everywhere.
+_SAMPLING = {"num_samples": 512, "power": 0.75, "chunk_size": 4096}
+_OPTIONS: dict[str, dict[str, Any]] = {
+    "full": {"chunk_size": 4096},
+    "sampled": {"sampler": "log_uniform", "remove_accidental_hits": True,
+                **_SAMPLING},
+    "nce": {"sampler": "unigram", **_SAMPLING},
+    "negative_sampling": {"sampler": "unigram", **_SAMPLING},
+    "hierarchical_huffman": {},
+    "hierarchical_balanced": {},
+    "class_based": {"num_clusters": None},
+}
+_W_BASED = ("full", "sampled", "nce", "negative_sampling")
+_ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "tanh": jnp.tanh,
+    "relu": jax.nn.relu,
+}
+_COMBINE = ("concat", "mean")
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+  if value not in choices:
+    raise ValueError(f"{name} must be one of {choices}; got {value!r}.")
+
+
+# ----------------------------------------------------------------------------
+# The context encoder.
+# ----------------------------------------------------------------------------
+
+
+class ContextModel(nnx.Module):
+  r"""Features of the next word from the ids of the ``context`` previous ones.
+
+  .. math::
+    x = \phi\big(W_h\, [e_{t-n}; \dots; e_{t-1}] + b_h\big)
+    \quad\text{or}\quad
+    x = \phi\Big(W_h\, \tfrac{1}{n} \textstyle\sum_{j=1}^{n} e_{t-j} + b_h\Big)
+
+  for ``combine="concat"`` (word order kept, the default) or ``"mean"`` (a
+  bag of words), where :math:`e_i` is the embedding of id :math:`i`,
+  :math:`n` = ``context`` and :math:`\phi` is ``tanh`` or ``relu``. The
+  padding / sentence-boundary id ``<s>`` of :class:`~jaxsoftmax.data.TextCorpus`
+  is an ordinary id with its own embedding. Embeddings are
+  :math:`\mathcal{N}(0, 1)`, the hidden layer LeCun normal (``flax.nnx``
+  defaults).
+
+  Out-of-range ids raise ``ValueError`` on eager calls; under ``jit`` their
+  embedding, hence their row of features, is NaN.
+
+  Args:
+    vocab_size: number of input ids :math:`V` (the corpus's :math:`K`).
+    context: :math:`n`, ids per example.
+    embed_dim: embedding width.
+    hidden_dim: :math:`d`, the width of the features.
+    combine: ``"concat"`` or ``"mean"``.
+    activation: ``"tanh"`` or ``"relu"``.
+    param_dtype: dtype of the parameters.
+    rngs: ``flax.nnx.Rngs`` for the initialization.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx
+    >>> from jaxsoftmax.large_vocab import ContextModel
+    >>> model = ContextModel(100, 3, 8, 16, rngs=nnx.Rngs(0))
+    >>> model(jnp.array([[1, 2, 3], [0, 0, 99]])).shape
+    (2, 16)
+
+  References:
+    Y. Bengio, R. Ducharme, P. Vincent, C. Jauvin, "A neural probabilistic
+    language model", JMLR 3 (2003).
+  """
+
+  def __init__(
+      self,
+      vocab_size: int,
+      context: int,
+      embed_dim: int,
+      hidden_dim: int,
+      *,
+      combine: str = "concat",
+      activation: str = "tanh",
+      param_dtype: DTypeLike = jnp.float32,
+      rngs: nnx.Rngs,
+  ):
+    for name, size in (("vocab_size", vocab_size), ("context", context),
+                       ("embed_dim", embed_dim), ("hidden_dim", hidden_dim)):
+      v.check_positive_int(name, size)
+    _check_choice("combine", combine, _COMBINE)
+    _check_choice("activation", activation, tuple(_ACTIVATIONS))
+    self.vocab_size = int(vocab_size)
+    self.context = int(context)
+    self.hidden_dim = int(hidden_dim)
+    self.combine = combine
+    self.activation = activation
+    self.embed = nnx.Embed(vocab_size, embed_dim, param_dtype=param_dtype,
+                           rngs=rngs)
+    width = context * embed_dim if combine == "concat" else embed_dim
+    self.hidden = nnx.Linear(width, hidden_dim, param_dtype=param_dtype,
+                             rngs=rngs)
+
+  def __call__(self, ids: ArrayLike) -> jax.Array:
+    """Features ``[batch, hidden_dim]`` of ids ``[batch, context]``."""
+    ids = jnp.asarray(ids)
+    v.check_integer("ids", ids)
+    v.check_rank("ids", ids, 2, "[batch, context]")
+    if ids.shape[1] != self.context:
+      raise ValueError(
+          f"ids must have shape [batch, {self.context}] (the model's"
+          f" context); got {ids.shape}."
+      )
+    v.check_labels_in_range("ids", ids, self.vocab_size)
+    e = self.embed(ids)
+    if self.combine == "concat":
+      e = e.reshape(e.shape[0], -1)
+    else:
+      e = jnp.mean(e, axis=1)
+    return _ACTIVATIONS[self.activation](self.hidden(e))
+
+
+# ----------------------------------------------------------------------------
+# The output heads.
+# ----------------------------------------------------------------------------
+
+
+def _resolve_options(method: str, options: dict[str, Any]) -> dict[str, Any]:
+  allowed = _OPTIONS[method]
+  unknown = sorted(set(options) - set(allowed))
+  if unknown:
+    raise TypeError(
+        f"method={method!r} takes the options {sorted(allowed)}; got"
+        f" unexpected {unknown}."
+    )
+  resolved = {**allowed, **options}
+  if "sampler" in resolved:
+    _check_choice("sampler", resolved["sampler"], SAMPLERS)
+    v.check_positive_int("num_samples", resolved["num_samples"])
+  if "chunk_size" in resolved:
+    v.check_positive_int("chunk_size", resolved["chunk_size"])
+  if resolved.get("num_clusters") is not None:
+    v.check_positive_int("num_clusters", resolved["num_clusters"])
+  return resolved
+
+
+def _needs_counts(method: str, options: dict[str, Any]) -> bool:
+  return (method in ("hierarchical_huffman", "class_based")
+          or options.get("sampler") == "unigram")
+
+
+def _check_counts(counts: Any, num_classes: int, method: str,
+                  options: dict[str, Any]) -> np.ndarray | None:
+  if counts is None:
+    if _needs_counts(method, options):
+      what = (f"sampler={options['sampler']!r}" if "sampler" in options
+              else f"method={method!r}")
+      raise ValueError(
+          f"{what} needs counts, the [num_classes] = [{num_classes}] training"
+          " frequencies of the classes (TextCorpus.counts); got None."
+      )
+    return None
+  if not v.is_concrete(counts):
+    raise TypeError("counts must be concrete (a NumPy array), not a tracer.")
+  counts = np.asarray(counts)
+  v.check_same_shape("counts", counts, (num_classes,), "[num_classes]")
+  return counts
+
+
+def _make_sampler(name: str, num_classes: int, counts: np.ndarray | None,
+                  power: float) -> _samplers.Sampler:
+  if name == "uniform":
+    return _samplers.uniform(num_classes)
+  if name == "log_uniform":
+    return _samplers.log_uniform(num_classes)
+  return _samplers.unigram(counts, power=power)
+
+
+class LargeSoftmaxHead(nnx.Module):
+  r"""The output layer over ``num_classes`` words, trained one of seven ways.
+
+  The parameters depend on ``method``:
+
+  - ``"full"``, ``"sampled"``, ``"nce"``, ``"negative_sampling"``: ``w``
+    ``[d, K]`` (LeCun normal) and ``b`` ``[K]`` (zeros), scores
+    :math:`s = x^\top w + b`, plus the proposal ``sampler`` for the last
+    three;
+  - ``"hierarchical_huffman"`` / ``"hierarchical_balanced"``: ``node_w``
+    ``[d, K - 1]`` and ``node_b`` ``[K - 1]``, one logistic classifier per
+    internal node of the ``tree`` (:func:`~jaxsoftmax.huffman_tree` of the
+    counts, or :func:`~jaxsoftmax.balanced_tree`);
+  - ``"class_based"``: ``cluster_w`` ``[d, C]``, ``cluster_b`` ``[C]``,
+    ``w`` ``[d, K]``, ``b`` ``[K]`` and the ``clusters``
+    (:func:`~jaxsoftmax.frequency_clusters` of the counts).
+
+  Trees, clusters and samplers are built once, on the host, and stored as
+  non-trainable data (``nnx.data``), so they travel with the module through
+  ``nnx.split`` / ``jit`` but the optimizer never touches them.
+
+  Options (``**options``; any other name raises ``TypeError``):
+
+  - ``chunk_size`` (w-based heads, default 4096): classes per block of the
+    fused cross-entropy, for ``"full"`` training and every w-based head's
+    evaluation;
+  - ``sampler`` (``"uniform"``, ``"log_uniform"`` or ``"unigram"``; default
+    ``"log_uniform"`` for ``"sampled"``, ``"unigram"`` for ``"nce"`` and
+    ``"negative_sampling"``), ``num_samples`` (:math:`m`, default 512, one
+    candidate set shared by the batch), ``power`` (the unigram exponent,
+    default 0.75);
+  - ``remove_accidental_hits`` (``"sampled"``, default True);
+  - ``num_clusters`` (``"class_based"``, default :math:`\lceil\sqrt K\rceil`).
+
+  ``log_uniform`` assumes ids sorted by decreasing frequency, as
+  :class:`~jaxsoftmax.data.TextCorpus` numbers them.
+
+  Args:
+    num_features: :math:`d`.
+    num_classes: :math:`K`.
+    method: one of :data:`METHODS`.
+    counts: ``[K]`` non-negative class frequencies; required by the Huffman
+      tree, the clusters and the unigram sampler.
+    rngs: ``flax.nnx.Rngs`` for the initialization.
+    param_dtype: dtype of the parameters.
+    **options: see above.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx
+    >>> from jaxsoftmax.large_vocab import LargeSoftmaxHead
+    >>> head = LargeSoftmaxHead(8, 50, method="sampled", num_samples=16,
+    ...                         rngs=nnx.Rngs(0))
+    >>> head.w.shape, head.sampler.num_classes
+    ((8, 50), 50)
+    >>> lp = head.log_probs(jnp.ones((4, 8)))  # the full softmax of x w + b
+    >>> lp.shape, bool(jnp.allclose(jnp.exp(lp).sum(axis=1), 1, rtol=1e-5))
+    ((4, 50), True)
+
+  References:
+    F. Morin, Y. Bengio, "Hierarchical probabilistic neural network language
+    model", AISTATS (2005); S. Jean, K. Cho, R. Memisevic, Y. Bengio, "On
+    using very large target vocabulary for neural machine translation", ACL
+    (2015); A. Mnih, Y. W. Teh, "A fast and simple algorithm for training
+    neural probabilistic language models", ICML (2012); T. Mikolov et al.,
+    "Distributed representations of words and phrases and their
+    compositionality", NeurIPS (2013); J. Goodman, "Classes for fast maximum
+    entropy training", ICASSP (2001).
+  """
+
+  def __init__(
+      self,
+      num_features: int,
+      num_classes: int,
+      *,
+      method: str,
+      counts: ArrayLike | None = None,
+      rngs: nnx.Rngs,
+      param_dtype: DTypeLike = jnp.float32,
+      **options: Any,
+  ):
+    v.check_positive_int("num_features", num_features)
+    v.check_positive_int("num_classes", num_classes)
+    _check_choice("method", method, METHODS)
+    opts = _resolve_options(method, options)
+    counts = _check_counts(counts, num_classes, method, opts)
+    self.method = method
+    self.num_features = int(num_features)
+    self.num_classes = int(num_classes)
+    # A tuple, not a dict: static attributes end up in the hashable graphdef.
+    self._options = tuple(sorted(opts.items()))
+    key = rngs.params()
+    if method in _W_BASED:
+      params = _models.linear_init(key, num_features, num_classes,
+                                   dtype=param_dtype)
+      self.w = nnx.Param(params["w"])
+      self.b = nnx.Param(params["b"])
+      if "sampler" in opts:
+        self.sampler = nnx.data(_make_sampler(
+            opts["sampler"], num_classes, counts, opts["power"]))
+    elif method.startswith("hierarchical"):
+      tree = (_hierarchical.huffman_tree(counts)
+              if method == "hierarchical_huffman"
+              else _hierarchical.balanced_tree(num_classes))
+      params = _hierarchical.hierarchical_init(key, num_features, tree,
+                                               dtype=param_dtype)
+      self.tree = nnx.data(tree)
+      self.node_w = nnx.Param(params["w"])
+      self.node_b = nnx.Param(params["b"])
+    else:
+      clusters = _hierarchical.frequency_clusters(counts, opts["num_clusters"])
+      params = _hierarchical.class_based_init(key, num_features, clusters,
+                                              dtype=param_dtype)
+      self.clusters = nnx.data(clusters)
+      self.cluster_w = nnx.Param(params["cluster_w"])
+      self.cluster_b = nnx.Param(params["cluster_b"])
+      self.w = nnx.Param(params["w"])
+      self.b = nnx.Param(params["b"])
+
+  @property
+  def options(self) -> dict[str, Any]:
+    """The method's options, defaults filled in."""
+    return dict(self._options)
+
+  def _check_features(self, features: ArrayLike) -> jax.Array:
+    x = jnp.asarray(features)
+    v.check_floating("features", x)
+    v.check_rank("features", x, 2, "[batch, num_features]")
+    if x.shape[1] != self.num_features:
+      raise ValueError(
+          f"features must have shape [batch, {self.num_features}] (the head's"
+          f" num_features); got {x.shape}."
+      )
+    return x
+
+  def _class_params(self) -> dict[str, jax.Array]:
+    return {"cluster_w": self.cluster_w[...], "cluster_b": self.cluster_b[...],
+            "w": self.w[...], "b": self.b[...]}
+
+  def loss(
+      self,
+      features: ArrayLike,
+      labels: ArrayLike,
+      *,
+      key: jax.Array | None = None,
+  ) -> jax.Array:
+    r"""The method's training loss, a mean over the batch.
+
+    ``"full"``, ``"hierarchical_*"`` and ``"class_based"`` return the exact
+    mean negative log-likelihood, :math:`-\frac{1}{B}\sum_i \log
+    P(y_i \mid x_i)` with :math:`P` as in :meth:`log_probs`; ``"sampled"``
+    its log-q-corrected estimate from ``num_samples`` candidates;
+    ``"nce"`` and ``"negative_sampling"`` their logistic objectives (not
+    likelihoods). The gradients are the hand-derived rules of the underlying
+    losses.
+
+    Args:
+      features: ``[batch, num_features]``.
+      labels: ``[batch]`` integer classes in ``[0, num_classes)``.
+      key: a ``jax.random`` key for the candidates; required by
+        ``"sampled"``, ``"nce"`` and ``"negative_sampling"``, ignored by the
+        others.
+
+    Returns:
+      A scalar (float32 for half-precision inputs).
+    """
+    x = self._check_features(features)
+    method, opts = self.method, self.options
+    if method == "full":
+      return _fused.fused_linear_cross_entropy(
+          x, self.w[...], self.b[...], labels, chunk_size=opts["chunk_size"])
+    if method in ("sampled", "nce", "negative_sampling"):
+      if key is None:
+        raise ValueError(
+            f"method={method!r} draws candidates: pass key=jax.random.key(...)"
+            " to loss(); got key=None."
+        )
+      v.check_prng_key("key", key)
+      common = dict(sampler=self.sampler, num_samples=opts["num_samples"])
+      if method == "sampled":
+        return _sampled.sampled_softmax_loss(
+            key, x, self.w[...], self.b[...], labels,
+            remove_accidental_hits=opts["remove_accidental_hits"], **common)
+      fn = (_sampled.nce_loss if method == "nce"
+            else _sampled.negative_sampling_loss)
+      return fn(key, x, self.w[...], self.b[...], labels, **common)
+    return jnp.mean(self.nll(x, labels))
+
+  def nll(self, features: ArrayLike, labels: ArrayLike) -> jax.Array:
+    r"""Exact per-example negative log-likelihood :math:`-\log P(y_i \mid x_i)`.
+
+    Computed without a ``[batch, K]`` array: the fused cross-entropy (blocks
+    of ``chunk_size`` classes) for the w-based heads, the path of
+    :math:`y_i` for the trees, its cluster for ``"class_based"``.
+
+    Args:
+      features: ``[batch, num_features]``.
+      labels: ``[batch]`` integer classes.
+
+    Returns:
+      ``[batch]``, equal to ``-log_probs(features)[i, labels[i]]``.
+    """
+    x = self._check_features(features)
+    if self.method in _W_BASED:
+      return _fused.fused_linear_cross_entropy(
+          x, self.w[...], self.b[...], labels,
+          chunk_size=self.options["chunk_size"], reduction="none")
+    if self.method == "class_based":
+      return _hierarchical.class_based_softmax_loss(
+          x, self._class_params(), labels, self.clusters, reduction="none")
+    return _hierarchical.hierarchical_softmax_loss(
+        x, self.node_w[...], labels, self.tree, node_b=self.node_b[...],
+        reduction="none")
+
+  def log_probs(self, features: ArrayLike) -> jax.Array:
+    r"""Normalized log-probabilities of all ``K`` classes, for evaluation.
+
+    .. math::
+      \log P(k \mid x) = s_k - \log \sum_j e^{s_j}, \qquad s = x^\top w + b
+
+    for the w-based heads (max-shifted log-sum-exp; for ``"nce"`` and
+    ``"negative_sampling"`` this *normalizes* scores the training did not
+    normalize), the product of branch probabilities along the path of
+    :math:`k` for the trees (:func:`~jaxsoftmax.hierarchical_log_probs`) and
+    :math:`P(c(k) \mid x)\,P(k \mid c(k), x)` for ``"class_based"``
+    (:func:`~jaxsoftmax.class_based_log_probs`). Every row logsumexps to 0.
+
+    Args:
+      features: ``[batch, num_features]``.
+
+    Returns:
+      ``[batch, num_classes]``, in the accumulation dtype.
+    """
+    x = self._check_features(features)
+    if self.method in _W_BASED:
+      w, b = self.w[...], self.b[...]
+      acc = _numerics.accumulation_dtype(jnp.result_type(x, w))
+      s = jnp.matmul(x, w, preferred_element_type=acc)
+      s = s + b.astype(acc)[None, :]
+      return s - _numerics.logsumexp(s)[:, None]
+    if self.method == "class_based":
+      return _hierarchical.class_based_log_probs(x, self._class_params(),
+                                                 self.clusters)
+    return _hierarchical.hierarchical_log_probs(
+        x, self.node_w[...], self.tree, node_b=self.node_b[...])
+
+  def perplexity(
+      self,
+      features: ArrayLike,
+      labels: ArrayLike,
+      *,
+      batch_size: int = 1024,
+  ) -> jax.Array:
+    r"""Held-out perplexity :math:`\exp(-\frac1N \sum_i \log P(y_i \mid x_i))`.
+
+    Exact (normalized over all :math:`K` classes, as :meth:`log_probs`),
+    computed by :meth:`nll` over blocks of ``batch_size`` rows in a
+    ``lax.map``, so at most ``[batch_size, chunk]`` scores exist at a time
+    whatever :math:`N`. Works under ``jit``; on eager calls the labels'
+    range and the features' finiteness are checked first.
+
+    Args:
+      features: ``[N, num_features]``.
+      labels: ``[N]`` integer classes.
+      batch_size: rows per block, a positive int.
+
+    Returns:
+      A scalar.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> from jaxsoftmax.large_vocab import LargeSoftmaxHead
+      >>> head = LargeSoftmaxHead(4, 8, method="hierarchical_balanced",
+      ...                         rngs=nnx.Rngs(0))
+      >>> head.node_w[...] = jnp.zeros_like(head.node_w[...])  # uniform over 8
+      >>> ppl = head.perplexity(jnp.ones((5, 4)), jnp.arange(5))
+      >>> print(f"{float(ppl):.3f}")
+      8.000
+    """
+    x = self._check_features(features)
+    labels = jnp.asarray(labels)
+    v.check_integer("labels", labels)
+    v.check_same_shape("labels", labels, x.shape[:1], "[N], one per row")
+    v.check_positive_int("batch_size", batch_size)
+    n = x.shape[0]
+    if n == 0:
+      raise ValueError("features must hold at least one row; got shape"
+                       f" {x.shape}.")
+    v.check_labels_in_range("labels", labels, self.num_classes)
+    v.check_finite("features", x)
+    graphdef, state = nnx.split(self)
+    return _perplexity(graphdef, state, x, labels, rows=min(batch_size, n))
+
+
+# Jitted so that eager calls compile the blocked loop once per head structure
+# and shape instead of on every call; under an outer jit it inlines.
+@functools.partial(jax.jit, static_argnames=("graphdef", "rows"))
+def _perplexity(graphdef, state, x, labels, *, rows):
+  head = nnx.merge(graphdef, state)
+  n = x.shape[0]
+  pad = -n % rows
+  keep = jnp.arange(n + pad) < n
+  # Padded rows get label 0 and zero features: valid inputs whose NLL is
+  # dropped by ``keep``.
+  x = jnp.concatenate([x, jnp.zeros((pad, x.shape[1]), x.dtype)])
+  labels = jnp.concatenate([labels, jnp.zeros((pad,), labels.dtype)])
+
+  def block(args):
+    xb, yb, kb = args
+    return jnp.sum(jnp.where(kb, head.nll(xb, yb), 0))
+
+  totals = jax.lax.map(block, (x.reshape(-1, rows, x.shape[1]),
+                               labels.reshape(-1, rows),
+                               keep.reshape(-1, rows)))
+  return jnp.exp(jnp.sum(totals) / n)
+
+
+# ----------------------------------------------------------------------------
+# Training under a wall-clock budget.
+# ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class TrainHistory:
+  """What :func:`train` measured; plain lists, JSON-friendly.
+
+  Entry ``i`` of ``seconds``, ``steps``, ``perplexity`` and ``train_loss``
+  belongs to evaluation ``i``; evaluation 0 is the initial model.
+
+  Attributes:
+    seconds: training wall-clock seconds before each evaluation (the sum of
+      the steps' times: compilation and evaluation excluded).
+    steps: optimizer steps before each evaluation.
+    perplexity: held-out exact perplexity at each evaluation.
+    train_loss: mean mini-batch training loss since the previous evaluation
+      (NaN at evaluation 0).
+    step_seconds: wall-clock seconds of every step, in order.
+    compile_seconds: time to compile the step and the evaluation, and to
+      run one throwaway warm-up step.
+    eval_seconds: total time spent evaluating.
+    memory: XLA's memory analysis of the compiled step, in bytes:
+      ``{"argument", "output", "temp", "total"}`` as
+      :func:`jaxsoftmax.reporting.compiled_memory` reports it (read from the
+      executable the run used, so the step compiles once).
+  """
+
+  seconds: list[float] = dataclasses.field(default_factory=list)
+  steps: list[int] = dataclasses.field(default_factory=list)
+  perplexity: list[float] = dataclasses.field(default_factory=list)
+  train_loss: list[float] = dataclasses.field(default_factory=list)
+  step_seconds: list[float] = dataclasses.field(default_factory=list)
+  compile_seconds: float = 0.0
+  eval_seconds: float = 0.0
+  memory: dict[str, int] = dataclasses.field(default_factory=dict)
+
+  @property
+  def median_step_seconds(self) -> float:
+    """Median step time; NaN if no step ran."""
+    if not self.step_seconds:
+      return math.nan
+    return float(statistics.median(self.step_seconds))
+
+  def to_dict(self) -> dict[str, Any]:
+    """The fields as a dict (``json.dumps``-able), with the median step."""
+    return {**dataclasses.asdict(self),
+            "median_step_seconds": self.median_step_seconds}
+
+
+def _memory(compiled: Any) -> dict[str, int]:
+  stats = compiled.memory_analysis()
+  out = {
+      "argument": int(stats.argument_size_in_bytes),
+      "output": int(stats.output_size_in_bytes),
+      "temp": int(stats.temp_size_in_bytes),
+  }
+  out["total"] = sum(out.values())
+  return out
+
+
+def _check_pair(model_and_head: Any) -> tuple[ContextModel, LargeSoftmaxHead]:
+  if (not isinstance(model_and_head, tuple) or len(model_and_head) != 2
+      or not isinstance(model_and_head[0], ContextModel)
+      or not isinstance(model_and_head[1], LargeSoftmaxHead)):
+    raise TypeError(
+        "model_and_head must be a tuple (ContextModel, LargeSoftmaxHead); got"
+        f" {type(model_and_head).__name__}."
+    )
+  model, head = model_and_head
+  if model.hidden_dim != head.num_features:
+    raise ValueError(
+        f"the ContextModel's hidden_dim ({model.hidden_dim}) must equal the"
+        f" head's num_features ({head.num_features})."
+    )
+  return model, head
+
+
+def train_step(
+    model_and_head: tuple[ContextModel, LargeSoftmaxHead],
+    optimizer: optax.GradientTransformation,
+    *,
+    batch_size: int,
+) -> tuple[Callable[..., tuple[Any, jax.Array]], Any, Any]:
+  r"""A pure training step for ``(model, head)`` and its initial state.
+
+  ``step(variables, data, x_train, y_train, key, index) -> (variables,
+  loss)`` draws ``batch_size`` rows uniformly with replacement from the
+  training arrays (on the device, with ``fold_in(key, index)``, which also
+  seeds the head's candidates), takes the gradient of
+  :meth:`LargeSoftmaxHead.loss` with respect to every ``nnx.Param`` of the
+  model and the head, and applies ``optimizer`` through ``nnx.Optimizer``.
+
+  The ``nnx.split`` of ``(model, head, optimizer)`` comes in two parts:
+  ``variables`` (parameters and optimizer moments, what a step changes, so
+  they can be donated: ``jax.jit(step, donate_argnums=0)``, as
+  :func:`train` does) and ``data`` (the head's tree, clusters or sampler
+  tables, constant). The training arrays are arguments, never closed over,
+  so they are not baked into the program. The step is also what to hand to
+  :func:`jaxsoftmax.reporting.compiled_memory`.
+
+  Args:
+    model_and_head: ``(ContextModel, LargeSoftmaxHead)``.
+    optimizer: an Optax transformation, e.g. from
+      :func:`~jaxsoftmax.make_optimizer`.
+    batch_size: rows per step.
+
+  Returns:
+    ``(step, variables, data)``. ``variables[0]`` and ``variables[1]`` are
+    the model's and the head's (``variables[2]`` the optimizer's):
+    ``nnx.update(model, variables[0])`` writes trained ones back.
+
+  Examples:
+    >>> import optax
+    >>> from flax import nnx
+    >>> from jaxsoftmax.large_vocab import (ContextModel, LargeSoftmaxHead,
+    ...                                     train_step)
+    >>> pair = (ContextModel(20, 2, 4, 8, rngs=nnx.Rngs(0)),
+    ...         LargeSoftmaxHead(8, 20, method="full", rngs=nnx.Rngs(1)))
+    >>> step, variables, data = train_step(pair, optax.adam(1e-2),
+    ...                                    batch_size=4)
+    >>> sorted(variables[1]), sorted(variables[2]["opt_state"][0])
+    (['b', 'w'], ['count', 'mu', 'nu'])
+  """
+  model, head = _check_pair(model_and_head)
+  v.check_positive_int("batch_size", batch_size)
+  _, step, variables, data = _split_step(model, head, optimizer, batch_size)
+  return step, variables, data
+
+
+def _split_step(model, head, optimizer, batch_size):
+  """:func:`train_step` after validation, with the graphdef of the state."""
+  opt = nnx.Optimizer((model, head), optimizer, wrt=nnx.Param)
+  graphdef, variables, data = nnx.split((model, head, opt), nnx.Variable, ...)
+
+  def step(variables, data, x_train, y_train, key, index):
+    model, head, opt = nnx.merge(graphdef, variables, data)
+    k_batch, k_loss = jax.random.split(jax.random.fold_in(key, index))
+    rows = jax.random.randint(k_batch, (batch_size,), 0, y_train.shape[0])
+    ids, labels = x_train[rows], y_train[rows]
+
+    def objective(model, head):
+      return head.loss(model(ids), labels, key=k_loss)
+
+    loss, grads = nnx.value_and_grad(objective, argnums=(0, 1))(model, head)
+    opt.update((model, head), grads)
+    return nnx.state((model, head, opt), nnx.Variable), loss
+
+  return graphdef, step, variables, data
+
+
+def _eval_subset(corpus: Any, eval_examples: int | None) -> tuple[Any, Any]:
+  """A fixed, seeded subset of the test examples (all with ``None``)."""
+  n = len(corpus.y_test)
+  if eval_examples is None or eval_examples >= n:
+    return corpus.x_test, corpus.y_test
+  # The test side is ordered by document; a random subset keeps its mix of
+  # entries. Seed 0 whatever the run, so every method sees the same rows.
+  rows = np.sort(np.random.default_rng(0).choice(n, eval_examples,
+                                                 replace=False))
+  return corpus.x_test[rows], corpus.y_test[rows]
+
+
+def train(
+    model_and_head: tuple[ContextModel, LargeSoftmaxHead],
+    corpus: Any,
+    *,
+    key: jax.Array,
+    budget_seconds: float | None = None,
+    max_steps: int | None = None,
+    batch_size: int = 256,
+    optimizer: optax.GradientTransformation | None = None,
+    num_checkpoints: int = 4,
+    eval_examples: int | None = 4096,
+    eval_batch_size: int = 1024,
+) -> TrainHistory:
+  r"""Trains ``(model, head)`` on a text corpus for a wall-clock budget.
+
+  The step of :func:`train_step` is compiled ahead of time and run once on
+  a copy of the variables (neither is counted), then run until the summed
+  step times reach ``budget_seconds`` or ``max_steps`` steps are done,
+  whichever comes first. The held-out exact
+  perplexity (:meth:`LargeSoftmaxHead.perplexity` on a fixed seeded subset
+  of ``eval_examples`` test rows, the same for every run) is measured before
+  the first step and at ``num_checkpoints`` evenly spaced points of the
+  budget (of ``max_steps`` when there is no time budget); evaluation is not
+  counted in the budget. Each step is blocked on, so ``step_seconds`` are
+  true per-step times. The modules are updated in place with the trained
+  parameters.
+
+  Args:
+    model_and_head: ``(ContextModel, LargeSoftmaxHead)``; the head's
+      ``num_classes`` must match the corpus.
+    corpus: a :class:`~jaxsoftmax.data.TextCorpus`.
+    key: a ``jax.random`` key for the mini-batches and candidates.
+    budget_seconds: training time budget in seconds (> 0), or None.
+    max_steps: step limit, or None; at least one of the two limits is
+      required.
+    batch_size: rows per step.
+    optimizer: an Optax transformation; default
+      ``make_optimizer("adam", 2e-3)``.
+    num_checkpoints: evaluations after the initial one.
+    eval_examples: held-out rows to evaluate on, or None for all.
+    eval_batch_size: rows per evaluation block.
+
+  Returns:
+    A :class:`TrainHistory`.
+
+  Raises:
+    FloatingPointError: a step's loss was NaN or infinite (the modules keep
+      the parameters of that step).
+
+  Examples:
+    >>> import jax
+    >>> from flax import nnx
+    >>> from jaxsoftmax.data import build_text_corpus
+    >>> from jaxsoftmax.large_vocab import ContextModel, LargeSoftmaxHead, train
+    >>> corpus = build_text_corpus(["the cat sat. the dog sat."] * 4,
+    ...                            context=2, block_size=1, test_fraction=0.3)
+    >>> pair = (ContextModel(corpus.num_classes, 2, 4, 8, rngs=nnx.Rngs(0)),
+    ...         LargeSoftmaxHead(8, corpus.num_classes,
+    ...                          method="hierarchical_balanced",
+    ...                          rngs=nnx.Rngs(1)))
+    >>> history = train(pair, corpus, key=jax.random.key(0), max_steps=30,
+    ...                 batch_size=8, num_checkpoints=1)
+    >>> history.steps, history.perplexity[-1] < history.perplexity[0]
+    ([0, 30], True)
+  """
+  model, head = _check_pair(model_and_head)
+  v.check_prng_key("key", key)
+  if budget_seconds is None and max_steps is None:
+    raise ValueError("train needs a limit: pass budget_seconds, max_steps or"
+                     " both; got neither.")
+  if budget_seconds is not None:
+    v.check_positive("budget_seconds", budget_seconds)
+  if max_steps is not None:
+    v.check_positive_int("max_steps", max_steps)
+  v.check_positive_int("num_checkpoints", num_checkpoints)
+  if eval_examples is not None:
+    v.check_positive_int("eval_examples", eval_examples)
+  if head.num_classes != corpus.num_classes:
+    raise ValueError(
+        f"the head has {head.num_classes} classes but the corpus has"
+        f" {corpus.num_classes} (len(corpus.vocab)); build the head with"
+        " num_classes=corpus.num_classes."
+    )
+  if corpus.x_train.shape[1] != model.context:
+    raise ValueError(
+        f"the ContextModel reads {model.context} ids but corpus.x_train has"
+        f" shape {corpus.x_train.shape}; build it with"
+        f" context={corpus.x_train.shape[1]}."
+    )
+  v.check_labels_in_range("corpus.x_train", corpus.x_train, model.vocab_size)
+  if optimizer is None:
+    optimizer = _optim.make_optimizer("adam", 2e-3)
+
+  v.check_positive_int("batch_size", batch_size)
+  graphdef, step, variables, data = _split_step(model, head, optimizer,
+                                                batch_size)
+
+  def evaluate(variables, data, ids, labels):
+    model, head, _ = nnx.merge(graphdef, variables, data)
+    return head.perplexity(model(ids), labels, batch_size=eval_batch_size)
+
+  x_train = jnp.asarray(corpus.x_train)
+  y_train = jnp.asarray(corpus.y_train)
+  x_eval, y_eval = (jnp.asarray(a) for a in _eval_subset(corpus,
+                                                          eval_examples))
+  index = jnp.zeros((), jnp.int32)
+  t0 = time.perf_counter()
+  run = jax.jit(step, donate_argnums=0).lower(
+      variables, data, x_train, y_train, key, index).compile()
+  score = jax.jit(evaluate).lower(variables, data, x_eval, y_eval).compile()
+  # The first execution of a CPU executable is several times slower than the
+  # next ones (one-time set-up in the runtime); a throwaway step on a copy of
+  # the variables keeps that out of the budget and the step times.
+  warm, _ = run(jax.tree.map(jnp.copy, variables), data, x_train, y_train,
+                key, index)
+  jax.block_until_ready(warm)
+  del warm
+  history = TrainHistory(compile_seconds=time.perf_counter() - t0,
+                         memory=_memory(run))
+
+  def checkpoint(train_seconds, steps, losses):
+    t = time.perf_counter()
+    ppl = float(score(variables, data, x_eval, y_eval))
+    history.eval_seconds += time.perf_counter() - t
+    history.seconds.append(train_seconds)
+    history.steps.append(steps)
+    history.perplexity.append(ppl)
+    history.train_loss.append(float(np.mean(losses)) if losses else math.nan)
+
+  checkpoint(0.0, 0, [])
+  train_seconds, steps = 0.0, 0
+  try:
+    for i in range(1, num_checkpoints + 1):
+      losses = []
+      while ((budget_seconds is None
+              or train_seconds < budget_seconds * i / num_checkpoints)
+             and (max_steps is None
+                  or steps < math.ceil(max_steps * i / num_checkpoints))):
+        t = time.perf_counter()
+        variables, loss = run(variables, data, x_train, y_train, key,
+                              index + steps)
+        loss = float(loss)
+        dt = time.perf_counter() - t
+        if not math.isfinite(loss):
+          raise FloatingPointError(
+              f"method={head.method!r}: the training loss at step {steps + 1}"
+              f" is {loss}; lower the learning rate."
+          )
+        train_seconds += dt
+        steps += 1
+        history.step_seconds.append(dt)
+        losses.append(loss)
+      checkpoint(train_seconds, steps, losses)
+      if max_steps is not None and steps >= max_steps:
+        break
+  finally:
+    # Donation invalidated the parameter arrays the modules were split from.
+    nnx.update(model, variables[0])
+    nnx.update(head, variables[1])
+  return history
