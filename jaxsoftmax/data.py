@@ -38,6 +38,14 @@ class Dataset(NamedTuple):
   def num_classes(self) -> int:
     return int(max(self.y_train.max(), self.y_test.max())) + 1
 
+  def standardized(self) -> Dataset:
+    """The same split, features standardized by the training rows' statistics.
+
+    See :func:`standardize`.
+    """
+    x_train, x_test = standardize(self.x_train, self.x_test)
+    return self._replace(x_train=x_train, x_test=x_test)
+
 
 def load_digits(*, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
   """scikit-learn's 8x8 handwritten digits (1797 images, 10 classes).

@@ -89,3 +89,25 @@ def test_bench_inference_quick_runs_and_writes_results(tmp_path):
       assert sizes[half]["predictions_changed"] < 0.02
     assert sizes["float32"]["accuracy_change_points"] == 0
     assert sizes["float32"]["test_accuracy"] > 0.3
+
+
+def test_bench_sklearn_quick_runs_and_writes_results(tmp_path):
+  proc = run_quick("bench_sklearn.py", tmp_path)
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  data = json.loads((tmp_path / "bench_sklearn_quick.json").read_text())
+  assert data["config"]["quick"] is True
+  solvers = [row["solver"] for row in data["rows"]]
+  assert solvers == [
+      "scikit-learn lbfgs, 1 thread", "scikit-learn lbfgs, 2 threads",
+      "jaxsoftmax lbfgs_solve, tol 0.0001", "jaxsoftmax lbfgs_solve, tol 0.001",
+      "jaxsoftmax newton_solve",
+  ]
+  for row in data["rows"]:
+    assert row["converged"], row
+    assert row["median s"] > 0
+    assert row["test accuracy"] > 0.9
+  # The same objective, minimized by both: the JAX solvers end no higher
+  # than scikit-learn (up to the target's tolerance).
+  assert data["targets"]["objective_within"]["met"]
+  assert data["targets"]["row"].startswith("jaxsoftmax lbfgs_solve")
+  assert {"speedup", "objective_within"} <= set(data["targets"])

@@ -119,3 +119,13 @@ def test_standardize_digits(digits):
   only_train = data.standardize(digits.x_train)
   assert len(only_train) == 1
   np.testing.assert_array_equal(only_train[0], train)
+
+
+def test_dataset_standardized_uses_training_statistics():
+  digits = data.load_digits()
+  out = digits.standardized()
+  np.testing.assert_allclose(out.x_train.mean(axis=0), 0.0, atol=1e-5)
+  x_train, x_test = data.standardize(digits.x_train, digits.x_test)
+  np.testing.assert_array_equal(out.x_test, x_test)
+  np.testing.assert_array_equal(out.y_train, digits.y_train)
+  assert out.x_train.dtype == np.float32

@@ -115,6 +115,56 @@ def test_mnist_quick(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", kind
 
 
+def test_optimizers_quick(tmp_path):
+  proc = run_experiment("optimizers", tmp_path, "--quick")
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  results = json.loads((tmp_path / "optimizers_quick.json").read_text())
+  names = [r["optimizer"] for r in results["table"]]
+  assert names == ["sgd", "momentum", "adam", "adamw", "lbfgs"]
+  for name, curve in results["curves"].items():
+    assert curve["objective"][0] == results["start_objective"], name
+    assert len(curve["objective"]) == len(curve["seconds"]) == len(curve["epoch"])
+    # Cumulative epoch times; L-BFGS: one solve per growing iteration budget.
+    key = "seconds" if name != "lbfgs" else "epoch"
+    assert np.all(np.diff(curve[key]) > 0), (name, curve[key])
+  # Full-batch L-BFGS on digits ends below every 3-epoch first-order run.
+  assert results["best_objective"] == min(results["curves"]["lbfgs"]["objective"])
+  assert (tmp_path / "optimizers_quick.png").stat().st_size > 0
+
+
+def test_regularization_quick(tmp_path):
+  proc = run_experiment("regularization", tmp_path, "--quick")
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  results = json.loads((tmp_path / "regularization_quick.json").read_text())
+  assert [s["penalty"] for s in results["summary"]] == [
+      "L2", "L1", "elastic net (r = 0.5)"]
+  for penalty in results["penalties"].values():
+    rows = penalty["rows"]
+    assert len(rows) == len(results["config"]["grid"])
+    best = penalty["chosen"]
+    assert rows[best]["CV loss"] == min(r["CV loss"] for r in rows)
+    for r in rows:
+      assert 0 <= r["exact zeros"] <= r["|w|<0.001"] <= 1
+  l1_near = [r["|w|<0.001"] for r in results["penalties"]["L1"]["rows"]]
+  assert l1_near[-1] > l1_near[0]
+  assert (tmp_path / "regularization_quick.png").stat().st_size > 0
+
+
+def test_batch_size_quick(tmp_path):
+  proc = run_experiment("batch_size", tmp_path, "--quick")
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  results = json.loads((tmp_path / "batch_size_quick.json").read_text())
+  config = results["config"]
+  rates = np.asarray(results["learning_rates"])
+  sizes = np.asarray(config["batch_sizes"], float)
+  rule = config["base_learning_rate"] * sizes / config["base_batch_size"]
+  np.testing.assert_allclose(
+      rates, rule[:, None] * np.asarray(config["multipliers"])[None, :])
+  assert np.asarray(results["test_accuracy"]).shape == rates.shape
+  assert results["stability_limit"] == 2 / results["hessian_lambda_max"]
+  assert (tmp_path / "batch_size_quick.png").stat().st_size > 0
+
+
 def gcide_cached():
   from jaxsoftmax.data import GCIDE
   try:
