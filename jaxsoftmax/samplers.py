@@ -63,9 +63,11 @@ from jaxsoftmax import _validation as v
 
 __all__ = [
     "AliasSampler",
+    "MidxSampler",
     "Sampler",
     "UniformSampler",
     "log_uniform",
+    "midx",
     "uniform",
     "unigram",
 ]
@@ -298,7 +300,7 @@ class Sampler(abc.ABC):
       )
     flat_q = _flatten_queries(queries)
     flat_ids = ids.reshape(flat_q.shape[0], ids.shape[-1])
-    return _log_prob_rows(self, flat_q, flat_ids).reshape(ids.shape)
+    return _jit_log_prob_rows(self, flat_q, flat_ids).reshape(ids.shape)
 
   def _check_shared(self) -> None:
     if self.query_dependent:
@@ -331,6 +333,10 @@ def _log_prob_rows(sampler, queries, ids):
   if sampler.query_dependent:
     return jax.vmap(sampler._log_prob)(queries, ids)
   return sampler._log_prob(None, ids)
+
+
+# An eager vmap of a query-dependent sampler dispatches op by op.
+_jit_log_prob_rows = jax.jit(_log_prob_rows)
 
 
 # Jitted so that eager calls compile the sampling loop once per sampler type,
@@ -712,3 +718,7 @@ def unigram(counts: ArrayLike, *, power: float = 0.75) -> AliasSampler:
     log_w = np.where(c > 0, power * (np.log(c) - np.log(c.max())), -np.inf)
   shift = np.log(np.sum(np.exp(log_w)))
   return _alias_sampler(log_w - shift)
+
+
+# At the end: the MIDX sampler subclasses Sampler, defined above.
+from jaxsoftmax._midx import MidxSampler, midx  # noqa: E402
