@@ -95,11 +95,13 @@ METHODS = (
     "hierarchical_balanced",
     "class_based",
 )
-SAMPLERS = ("uniform", "log_uniform", "unigram")
+SAMPLERS = ("uniform", "log_uniform", "unigram", "midx_uniform", "midx_pop",
+            "midx_exact")
 
 # Options each method takes, with their defaults. The w-based heads all
 # evaluate through the fused op, hence chunk_size everywhere.
-_SAMPLING = {"num_samples": 512, "power": 0.75, "chunk_size": 4096}
+_SAMPLING = {"num_samples": 512, "power": 0.75, "chunk_size": 4096,
+             "num_codewords": 32, "refresh_every": None}
 _OPTIONS: dict[str, dict[str, Any]] = {
     "full": {"chunk_size": 4096},
     "sampled": {"sampler": "log_uniform", "remove_accidental_hits": True,
@@ -236,6 +238,10 @@ def _resolve_options(method: str, options: dict[str, Any]) -> dict[str, Any]:
     v.check_positive_int("num_samples", resolved["num_samples"])
   if "chunk_size" in resolved:
     v.check_positive_int("chunk_size", resolved["chunk_size"])
+  if "num_codewords" in resolved:
+    v.check_positive_int("num_codewords", resolved["num_codewords"])
+  if resolved.get("refresh_every") is not None:
+    v.check_positive_int("refresh_every", resolved["refresh_every"])
   if resolved.get("num_clusters") is not None:
     v.check_positive_int("num_clusters", resolved["num_clusters"])
   return resolved
@@ -243,7 +249,7 @@ def _resolve_options(method: str, options: dict[str, Any]) -> dict[str, Any]:
 
 def _needs_counts(method: str, options: dict[str, Any]) -> bool:
   return (method in ("hierarchical_huffman", "class_based")
-          or options.get("sampler") == "unigram")
+          or options.get("sampler") in ("unigram", "midx_pop"))
 
 
 def _check_counts(counts: Any, num_classes: int, method: str,
@@ -264,13 +270,21 @@ def _check_counts(counts: Any, num_classes: int, method: str,
   return counts
 
 
-def _make_sampler(name: str, num_classes: int, counts: np.ndarray | None,
-                  power: float) -> _samplers.Sampler:
+def _make_sampler(name: str, counts: np.ndarray | None, opts: dict[str, Any],
+                  w: jax.Array, b: jax.Array, key: jax.Array
+                  ) -> _samplers.Sampler:
+  num_classes = w.shape[1]
   if name == "uniform":
     return _samplers.uniform(num_classes)
   if name == "log_uniform":
     return _samplers.log_uniform(num_classes)
-  return _samplers.unigram(counts, power=power)
+  if name == "unigram":
+    return _samplers.unigram(counts, power=opts["power"])
+  mode = name.removeprefix("midx_")
+  return _samplers.midx(
+      w, num_codewords=min(opts["num_codewords"], num_classes), mode=mode,
+      counts=counts if mode == "pop" else None, power=opts["power"],
+      b=b if mode == "exact" else None, key=key)
 
 
 class LargeSoftmaxHead(nnx.Module):
@@ -299,11 +313,16 @@ class LargeSoftmaxHead(nnx.Module):
   - ``chunk_size`` (w-based heads, default 4096): classes per block of the
     fused cross-entropy, for ``"full"`` training and every w-based head's
     evaluation;
-  - ``sampler`` (``"uniform"``, ``"log_uniform"`` or ``"unigram"``; default
-    ``"log_uniform"`` for ``"sampled"``, ``"unigram"`` for ``"nce"`` and
+  - ``sampler`` (``"uniform"``, ``"log_uniform"``, ``"unigram"``, or the
+    adaptive ``"midx_uniform"``, ``"midx_pop"``, ``"midx_exact"`` of
+    :func:`jaxsoftmax.samplers.midx`; default ``"log_uniform"`` for
+    ``"sampled"``, ``"unigram"`` for ``"nce"`` and
     ``"negative_sampling"``), ``num_samples`` (:math:`m`, default 512, one
-    candidate set shared by the batch), ``power`` (the unigram exponent,
-    default 0.75);
+    candidate set shared by the batch for the static samplers, one per row
+    for MIDX), ``power`` (the unigram and MIDX-pop exponent, default 0.75);
+  - ``num_codewords`` (MIDX, default 32, capped at :math:`K`) and
+    ``refresh_every`` (MIDX: :func:`train` rebuilds the index from the
+    current ``w`` every so many steps; default None, once per epoch);
   - ``remove_accidental_hits`` (``"sampled"``, default True);
   - ``num_clusters`` (``"class_based"``, default :math:`\lceil\sqrt K\rceil`).
 
@@ -372,7 +391,8 @@ class LargeSoftmaxHead(nnx.Module):
       self.b = nnx.Param(params["b"])
       if "sampler" in opts:
         self.sampler = nnx.data(_make_sampler(
-            opts["sampler"], num_classes, counts, opts["power"]))
+            opts["sampler"], counts, opts, self.w[...], self.b[...],
+            rngs.params()))
     elif method.startswith("hierarchical"):
       tree = (_hierarchical.huffman_tree(counts)
               if method == "hierarchical_huffman"
@@ -396,6 +416,21 @@ class LargeSoftmaxHead(nnx.Module):
   def options(self) -> dict[str, Any]:
     """The method's options, defaults filled in."""
     return dict(self._options)
+
+  @property
+  def adaptive(self) -> bool:
+    """Whether the proposal follows ``w`` (MIDX) and needs refreshing."""
+    return getattr(self, "sampler", None) is not None and (
+        self.sampler.query_dependent)
+
+  def refresh_sampler(self) -> None:
+    """Rebuilds an adaptive (MIDX) proposal's index from the current ``w``.
+
+    Warm-started k-means, see :meth:`jaxsoftmax.samplers.MidxSampler.refresh`;
+    jit-safe. A no-op for the static samplers and the other methods.
+    """
+    if self.adaptive:
+      self.sampler = nnx.data(self.sampler.refresh(self.w[...], self.b[...]))
 
   def _check_features(self, features: ArrayLike) -> jax.Array:
     x = jnp.asarray(features)
@@ -451,7 +486,14 @@ class LargeSoftmaxHead(nnx.Module):
             " to loss(); got key=None."
         )
       v.check_prng_key("key", key)
-      common = dict(sampler=self.sampler, num_samples=opts["num_samples"])
+      sampler = self.sampler
+      if self.adaptive and sampler.mode == "exact":
+        # MIDX-exact scores residuals with w: the current one keeps q = p
+        # exactly between index refreshes (any codebook decomposes exactly).
+        sampler = dataclasses.replace(sampler, w=self.w[...], b=self.b[...])
+      # A query-dependent proposal (MIDX) draws one candidate set per row.
+      common = dict(sampler=sampler, num_samples=opts["num_samples"],
+                    shared=not sampler.query_dependent)
       if method == "sampled":
         return _sampled.sampled_softmax_loss(
             key, x, self.w[...], self.b[...], labels,
@@ -614,6 +656,9 @@ class TrainHistory:
     compile_seconds: time to compile the step and the evaluation, and to
       run one throwaway warm-up step.
     eval_seconds: total time spent evaluating.
+    refreshes: how many times an adaptive (MIDX) proposal was rebuilt.
+    refresh_seconds: the time those rebuilds took; counted in ``seconds``
+      (and the budget), since they are part of the method's cost.
     memory: XLA's memory analysis of the compiled step, in bytes:
       ``{"argument", "output", "temp", "total"}`` as
       :func:`jaxsoftmax.reporting.compiled_memory` reports it (read from the
@@ -627,6 +672,8 @@ class TrainHistory:
   step_seconds: list[float] = dataclasses.field(default_factory=list)
   compile_seconds: float = 0.0
   eval_seconds: float = 0.0
+  refreshes: int = 0
+  refresh_seconds: float = 0.0
   memory: dict[str, int] = dataclasses.field(default_factory=dict)
 
   @property
@@ -778,7 +825,10 @@ def train(
   of ``eval_examples`` test rows, the same for every run) is measured before
   the first step and at ``num_checkpoints`` evenly spaced points of the
   budget (of ``max_steps`` when there is no time budget); evaluation is not
-  counted in the budget. Each step is blocked on, so ``step_seconds`` are
+  counted in the budget. An adaptive (MIDX) head rebuilds its proposal from
+  the current ``w`` every ``refresh_every`` steps (its option; default once
+  per epoch of the training rows), and that time is counted in the budget
+  as part of the method's cost. Each step is blocked on, so ``step_seconds`` are
   true per-step times. The modules are updated in place with the trained
   parameters.
 
@@ -856,6 +906,16 @@ def train(
     model, head, _ = nnx.merge(graphdef, variables, data)
     return head.perplexity(model(ids), labels, batch_size=eval_batch_size)
 
+  def refresh(variables, data):
+    model, head, opt = nnx.merge(graphdef, variables, data)
+    head.refresh_sampler()
+    return nnx.split((model, head, opt), nnx.Variable, ...)[2]
+
+  refresh_every = None
+  if head.adaptive:
+    refresh_every = (head.options["refresh_every"]
+                     or math.ceil(len(corpus.y_train) / batch_size))
+
   x_train = jnp.asarray(corpus.x_train)
   y_train = jnp.asarray(corpus.y_train)
   x_eval, y_eval = (jnp.asarray(a) for a in _eval_subset(corpus,
@@ -865,6 +925,8 @@ def train(
   run = jax.jit(step, donate_argnums=0).lower(
       variables, data, x_train, y_train, key, index).compile()
   score = jax.jit(evaluate).lower(variables, data, x_eval, y_eval).compile()
+  rebuild = (jax.jit(refresh).lower(variables, data).compile()
+             if refresh_every else None)
   # The first execution of a CPU executable is several times slower than the
   # next ones (one-time set-up in the runtime); a throwaway step on a copy of
   # the variables keeps that out of the budget and the step times.
@@ -905,6 +967,15 @@ def train(
           )
         train_seconds += dt
         steps += 1
+        if rebuild is not None and steps % refresh_every == 0:
+          t = time.perf_counter()
+          # Copied: a rebuilt MIDX-exact index holds w itself, and the
+          # next step donates the variables' buffers.
+          data = jax.block_until_ready(
+              jax.tree.map(jnp.copy, rebuild(variables, data)))
+          history.refresh_seconds += time.perf_counter() - t
+          history.refreshes += 1
+          train_seconds += time.perf_counter() - t
         history.step_seconds.append(dt)
         losses.append(loss)
       checkpoint(train_seconds, steps, losses)
@@ -914,4 +985,6 @@ def train(
     # Donation invalidated the parameter arrays the modules were split from.
     nnx.update(model, variables[0])
     nnx.update(head, variables[1])
+    if rebuild is not None:
+      head.sampler = nnx.merge(graphdef, variables, data)[1].sampler
   return history

@@ -371,3 +371,28 @@ def test_train_rejects_a_mismatched_corpus(corpus):
     train((model, head), corpus, key=jax.random.key(0))
   with pytest.raises(TypeError, match="model_and_head must be a tuple"):
     train([model, head], corpus, key=jax.random.key(0), max_steps=1)
+
+
+@pytest.mark.parametrize("sampler", ["midx_pop", "midx_exact"])
+def test_midx_heads_train_and_refresh_their_index(corpus, sampler):
+  model = ContextModel(V, CONTEXT, EMBED, HIDDEN, rngs=nnx.Rngs(0))
+  head = LargeSoftmaxHead(HIDDEN, V, method="sampled", sampler=sampler,
+                          num_samples=4, num_codewords=3, refresh_every=5,
+                          counts=corpus.counts, rngs=nnx.Rngs(1))
+  assert head.adaptive and head.sampler.mode == sampler[5:]
+  before = head.sampler.codebook1
+  history = train((model, head), corpus, key=jax.random.key(0), max_steps=12,
+                  batch_size=8, num_checkpoints=1)
+  assert history.refreshes == 2 and history.refresh_seconds > 0
+  assert history.perplexity[-1] < history.perplexity[0]
+  # The refreshed index is written back and follows the trained w.
+  assert not np.allclose(head.sampler.codebook1, before)
+  fresh = head.sampler.refresh(head.w[...], head.b[...])
+  np.testing.assert_array_equal(np.sort(fresh.order), np.arange(V))
+  x = model(jnp.asarray(corpus.x_test[:4]))
+  loss = head.loss(x, jnp.asarray(corpus.y_test[:4]), key=jax.random.key(1))
+  assert np.isfinite(float(loss))
+  if sampler == "midx_pop":
+    counts = np.asarray(corpus.counts)
+    ids, _ = head.sampler.sample(jax.random.key(2), x, 50)
+    assert counts[np.asarray(ids)].min() > 0
