@@ -6,8 +6,10 @@ explicit functions. See README.md for the map.
 """
 
 from jaxsoftmax import data as data
+from jaxsoftmax import diagnostics as diagnostics
 from jaxsoftmax import large_vocab as large_vocab
 from jaxsoftmax import metrics as metrics
+from jaxsoftmax import model_selection as model_selection
 from jaxsoftmax import nn as nn
 from jaxsoftmax import sharded as sharded
 from jaxsoftmax import reporting as reporting

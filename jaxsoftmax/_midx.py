@@ -256,7 +256,7 @@ def _search(cdf, lo, count, u, steps):
     data_fields=["codebook1", "codebook2", "codes1", "codes2", "order",
                  "offsets", "log_rho", "log_mass", "cdf", "w", "b"],
     meta_fields=["num_classes", "num_codewords", "mode", "split",
-                 "kmeans_iters", "nonzero"],
+                 "kmeans_iters", "nonzero", "with_bias"],
 )
 @dataclasses.dataclass(frozen=True)
 class MidxSampler(_samplers.Sampler):
@@ -288,6 +288,8 @@ class MidxSampler(_samplers.Sampler):
     split: dimensions of the first half, :math:`\lceil d/2 \rceil`.
     kmeans_iters: Lloyd iterations per (re)build.
     nonzero: classes with :math:`q > 0`.
+    with_bias: whether the index quantizes :math:`[w_i; b_i]` (built with
+      ``b``), scoring queries as :math:`[x; 1]`.
   """
 
   codebook1: jax.Array
@@ -307,6 +309,7 @@ class MidxSampler(_samplers.Sampler):
   split: int
   kmeans_iters: int
   nonzero: int
+  with_bias: bool
 
   query_dependent = True
 
@@ -317,7 +320,7 @@ class MidxSampler(_samplers.Sampler):
   @property
   def num_features(self) -> int:
     """:math:`d`, the query and embedding dimension."""
-    return self.codebook1.shape[1] + self.codebook2.shape[1]
+    return self.codebook1.shape[1] + self.codebook2.shape[1] - self.with_bias
 
   def sample(self, key, queries, num_samples, *, replace=True,
              max_draws=None):
@@ -350,7 +353,8 @@ class MidxSampler(_samplers.Sampler):
 
     Args:
       w: ``[d, K]`` the current class embeddings.
-      b: ``[K]`` the current biases (used by ``"exact"``), or None.
+      b: ``[K]`` the current biases; required exactly when the index was
+        built with ``b``.
 
     Returns:
       A new :class:`MidxSampler`; ``self`` is unchanged.
@@ -363,6 +367,12 @@ class MidxSampler(_samplers.Sampler):
       )
     v.check_floating("w", w)
     b = _check_bias(b, self.num_classes)
+    if (b is not None) != self.with_bias:
+      raise ValueError(
+          "b must be given exactly when the index was built with b (it"
+          f" quantizes [w; b]); built with_bias={self.with_bias}, got"
+          f" b={'None' if b is None else 'an array'}."
+      )
     return _build(w, b, self.log_rho, None,
                   (self.codebook1, self.codebook2), self.num_codewords,
                   self.mode, self.kmeans_iters, self.nonzero)
@@ -372,6 +382,8 @@ class MidxSampler(_samplers.Sampler):
   def _codeword_scores(self, query):
     r"""``[K_c]`` and ``[K_c]``: :math:`x^{1\top} C^1_a`, :math:`x^{2\top} C^2_b`."""
     query = query.astype(self.codebook1.dtype)
+    if self.with_bias:
+      query = jnp.append(query, jnp.ones((1,), query.dtype))
     return (self.codebook1 @ query[:self.split],
             self.codebook2 @ query[self.split:])
 
@@ -453,9 +465,11 @@ def _build(w, b, log_rho, key, init, num_codewords, mode, kmeans_iters,
   Not jitted as a whole: its two jitted parts compile once per shape and
   are shared by every mode.
   """
-  d, num_classes = w.shape
-  split = (d + 1) // 2
-  emb = w.T
+  num_classes = w.shape[1]
+  # With biases the logit is [x; 1] . [w_i; b_i]: quantizing the augmented
+  # embedding lets the codeword stages see the bias too.
+  emb = (w if b is None else jnp.concatenate([w, b[None, :].astype(w.dtype)])).T
+  split = (emb.shape[1] + 1) // 2
   halves = (emb[:, :split], emb[:, split:])
   fits = [
       kmeans(None if key is None else jax.random.fold_in(key, j), half,
@@ -477,6 +491,7 @@ def _build(w, b, log_rho, key, init, num_codewords, mode, kmeans_iters,
          b.astype(w.dtype)) if exact else None,
       num_classes=num_classes, num_codewords=num_codewords, mode=mode,
       split=split, kmeans_iters=kmeans_iters, nonzero=nonzero,
+      with_bias=b is not None,
   )
 
 
@@ -552,8 +567,10 @@ def midx(
     counts: ``[K]`` non-negative class counts, ``"pop"`` only; classes with
       count 0 are never drawn.
     power: :math:`\alpha \ge 0` in :math:`\rho_i = c_i^{\alpha}` (``"pop"``).
-    b: ``[K]`` biases, read by ``"exact"`` (the cheap modes' proposal
-      ignores them); default zeros.
+    b: ``[K]`` biases, or None (zeros). Given, every mode proposes for the
+      logits :math:`x^\top w_i + b_i`: the index quantizes the augmented
+      :math:`[w_i; b_i]` and scores queries as :math:`[x; 1]` (a bias that
+      learns log-frequencies is then seen by the codeword stages).
     key: a ``jax.random`` key for the k-means++ seeding.
     kmeans_iters: Lloyd iterations, ``>= 1``.
 

@@ -284,7 +284,7 @@ def _make_sampler(name: str, counts: np.ndarray | None, opts: dict[str, Any],
   return _samplers.midx(
       w, num_codewords=min(opts["num_codewords"], num_classes), mode=mode,
       counts=counts if mode == "pop" else None, power=opts["power"],
-      b=b if mode == "exact" else None, key=key)
+      b=b, key=key)
 
 
 class LargeSoftmaxHead(nnx.Module):

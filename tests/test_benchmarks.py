@@ -111,3 +111,14 @@ def test_bench_sklearn_quick_runs_and_writes_results(tmp_path):
   assert data["targets"]["objective_within"]["met"]
   assert data["targets"]["row"].startswith("jaxsoftmax lbfgs_solve")
   assert {"speedup", "objective_within"} <= set(data["targets"])
+
+
+def test_bench_samplers_quick_runs_and_writes_results(tmp_path):
+  proc = run_quick("bench_samplers.py", tmp_path)
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  data = json.loads((tmp_path / "bench_samplers_quick.json").read_text())
+  names = {row["sampler"] for row in data["rows"]}
+  assert names == {"uniform", "unigram", "midx_uniform", "midx_pop",
+                   "midx_exact"}
+  assert all(row["us per query"] > 0 for row in data["rows"])
+  assert set(data["targets"]) == {"midx_uniform", "midx_pop"}

@@ -207,3 +207,24 @@ def test_large_vocab_quick(tmp_path):
     if r["method"] in ("full", "hierarchical_balanced", "class_based"):
       assert r["ppl"] < 300, r
   assert (tmp_path / "large_vocab.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.skipif(not gcide_cached(),
+                    reason="GCIDE not cached: make data-text")
+def test_midx_quick(tmp_path):
+  proc = run_experiment("midx", tmp_path, "--quick")
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  results = json.loads((tmp_path / "midx_quick.json").read_text())
+  rows = {r["sampler"]: r for r in results["rows"]}
+  assert list(rows) == ["uniform", "unigram", "midx_uniform", "midx_pop",
+                        "midx_exact"]
+  for name, r in rows.items():
+    assert r["steps"] >= 1 and np.isfinite(r["ppl"]), name
+    assert r["KL(q||p)"] >= 0 and 0 < r["ESS frac"] <= 1, name
+    assert (r["refreshes"] > 0) == name.startswith("midx"), name
+  # MIDX-exact proposes the model's own softmax.
+  assert rows["midx_exact"]["KL(q||p)"] < 1e-5
+  assert rows["midx_exact"]["ESS frac"] > 0.999
+  same = {r["sampler"]: r for r in results["same_model"]}
+  assert same["midx_exact"]["kl_qp"] < 1e-5
+  assert same["uniform"]["kl_qp"] > same["midx_uniform"]["kl_qp"]

@@ -53,10 +53,14 @@ def test_csr_lists_every_class_once_in_its_bucket(problem, mode):
   bucket = np.asarray(s.codes1) * KC + np.asarray(s.codes2)
   for j in range(KC * KC):
     np.testing.assert_array_equal(bucket[order[offsets[j]:offsets[j + 1]]], j)
-  # Codes are each half's nearest codeword.
+  # Codes are each half's nearest codeword (of [w_i; b_i] when built
+  # with biases).
   w = np.asarray(problem[0]).T
-  for half, book, codes in ((w[:, :4], s.codebook1, s.codes1),
-                            (w[:, 4:], s.codebook2, s.codes2)):
+  if s.with_bias:
+    w = np.concatenate([w, np.asarray(problem[1])[:, None]], axis=1)
+  split = s.split
+  for half, book, codes in ((w[:, :split], s.codebook1, s.codes1),
+                            (w[:, split:], s.codebook2, s.codes2)):
     d2 = ((half[:, None, :] - np.asarray(book)[None]) ** 2).sum(-1)
     np.testing.assert_array_equal(np.asarray(codes), d2.argmin(1))
 
@@ -81,6 +85,23 @@ def test_static_modes_follow_their_formula(problem):
     expected = score / score.sum(axis=1, keepdims=True)
     got = np.exp(np.asarray(s.log_prob(queries, all_ids(queries))))
     np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-300)
+
+
+def test_biases_are_quantized_with_the_embeddings(problem):
+  w, b, queries, _ = problem
+  s = samplers.midx(w, b=b, num_codewords=KC, key=jax.random.key(3))
+  assert s.with_bias and s.num_features == D and s.split == 4
+  aug = np.concatenate([np.asarray(queries), np.ones((3, 1))], axis=1)
+  s1 = aug[:, :4] @ np.asarray(s.codebook1).T
+  s2 = aug[:, 4:] @ np.asarray(s.codebook2).T
+  score = np.exp(s1[:, np.asarray(s.codes1)] + s2[:, np.asarray(s.codes2)])
+  np.testing.assert_allclose(
+      np.exp(np.asarray(s.log_prob(queries, all_ids(queries)))),
+      score / score.sum(axis=1, keepdims=True), rtol=1e-10)
+  with pytest.raises(ValueError, match="b must be given exactly"):
+    s.refresh(w)
+  with pytest.raises(ValueError, match="b must be given exactly"):
+    build(problem, "uniform").refresh(w, b)
 
 
 def test_exact_mode_is_the_softmax(problem):
