@@ -208,6 +208,8 @@ def main() -> None:
     for name in names:
       same_model.append({"K": corpus.num_classes, "sampler": name, **measure(
           model, head, name, corpus, args, jax.random.key(args.seed + 3))})
+      print(f"  same model: {name:13s} KL(q||p)"
+            f" {same_model[-1]['kl_qp']:.3f}", flush=True)
   runtime = time.perf_counter() - t0
 
   print(f"\nAfter {args.budget_seconds:g} s of training (m = "

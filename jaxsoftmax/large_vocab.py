@@ -901,6 +901,9 @@ def train(
   v.check_positive_int("batch_size", batch_size)
   graphdef, step, variables, data = _split_step(model, head, optimizer,
                                                 batch_size)
+  # The non-trainable data must not share buffers with the parameters the
+  # step donates (a MIDX-exact index holds w itself).
+  data = jax.tree.map(jnp.copy, data)
 
   def evaluate(variables, data, ids, labels):
     model, head, _ = nnx.merge(graphdef, variables, data)

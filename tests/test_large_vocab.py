@@ -396,3 +396,18 @@ def test_midx_heads_train_and_refresh_their_index(corpus, sampler):
     counts = np.asarray(corpus.counts)
     ids, _ = head.sampler.sample(jax.random.key(2), x, 50)
     assert counts[np.asarray(ids)].min() > 0
+
+
+def test_midx_exact_index_survives_donation_without_refresh(corpus):
+  # The exact index holds w; before the first refresh it must not share
+  # the buffer the step donates.
+  model = ContextModel(V, CONTEXT, EMBED, HIDDEN, rngs=nnx.Rngs(0))
+  head = LargeSoftmaxHead(HIDDEN, V, method="sampled", sampler="midx_exact",
+                          num_samples=4, num_codewords=3, refresh_every=100,
+                          rngs=nnx.Rngs(1))
+  history = train((model, head), corpus, key=jax.random.key(0), max_steps=3,
+                  batch_size=8, num_checkpoints=1)
+  assert history.refreshes == 0
+  x = model(jnp.asarray(corpus.x_test[:2]))
+  ids, _ = head.sampler.sample(jax.random.key(1), x, 3)
+  assert ids.shape == (2, 3)
