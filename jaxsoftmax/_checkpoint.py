@@ -28,6 +28,7 @@ import jax.numpy as jnp
 from jax.typing import DTypeLike
 import numpy as np
 
+from jaxsoftmax import _io
 from jaxsoftmax import _validation as v
 
 # The entry of a params file that holds its format version and leaf dtypes; the
@@ -127,24 +128,8 @@ def save_params(
     arrays[name] = a.view(np.uint16) if a.dtype == jnp.bfloat16 else a
   arrays[_META] = np.array(json.dumps({"format": _FORMAT, "dtypes": dtypes}))
 
-  path = os.fspath(path)
-  directory = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(
-      dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp"
-  )
-  try:
-    with os.fdopen(fd, "wb") as f:
-      np.savez(f, **arrays)
-      f.flush()
-      os.fsync(f.fileno())
-    # mkstemp creates 0600; give the result the permissions open() would.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
-  except BaseException:
-    os.unlink(tmp)
-    raise
+  with _io.atomic_open(path) as f:
+    np.savez(f, **arrays)
   return os.path.getsize(path)
 
 

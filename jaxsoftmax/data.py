@@ -13,7 +13,6 @@ import gzip
 import math
 import os
 import re
-import secrets
 import struct
 import zlib
 from collections.abc import Iterator, Sequence
@@ -23,6 +22,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
+from jaxsoftmax import _io
 from jaxsoftmax import _validation as v
 
 
@@ -127,16 +127,8 @@ def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
   A reader (or a second process building the same cache) sees either no file
   or a complete one, never a half-written archive.
   """
-  # Opened with "x" rather than mkstemp so the file gets the umask's
-  # permissions (mkstemp's 0600 would hide a shared cache from other users).
-  tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-  try:
-    with open(tmp, "xb") as f:
-      np.savez(f, **arrays)
-    os.replace(tmp, path)
-  except BaseException:
-    tmp.unlink(missing_ok=True)
-    raise
+  with _io.atomic_open(path) as f:
+    np.savez(f, **arrays)
 
 
 class _Source(NamedTuple):

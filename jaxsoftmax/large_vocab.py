@@ -74,6 +74,7 @@ from jaxsoftmax import _numerics
 from jaxsoftmax import _optim
 from jaxsoftmax import _sampled
 from jaxsoftmax import _validation as v
+from jaxsoftmax import reporting
 from jaxsoftmax import samplers as _samplers
 
 __all__ = [
@@ -689,17 +690,6 @@ class TrainHistory:
             "median_step_seconds": self.median_step_seconds}
 
 
-def _memory(compiled: Any) -> dict[str, int]:
-  stats = compiled.memory_analysis()
-  out = {
-      "argument": int(stats.argument_size_in_bytes),
-      "output": int(stats.output_size_in_bytes),
-      "temp": int(stats.temp_size_in_bytes),
-  }
-  out["total"] = sum(out.values())
-  return out
-
-
 def _check_pair(model_and_head: Any) -> tuple[ContextModel, LargeSoftmaxHead]:
   if (not isinstance(model_and_head, tuple) or len(model_and_head) != 2
       or not isinstance(model_and_head[0], ContextModel)
@@ -938,7 +928,7 @@ def train(
   jax.block_until_ready(warm)
   del warm
   history = TrainHistory(compile_seconds=time.perf_counter() - t0,
-                         memory=_memory(run))
+                         memory=reporting.executable_memory(run))
 
   def checkpoint(train_seconds, steps, losses):
     t = time.perf_counter()

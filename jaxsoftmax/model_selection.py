@@ -42,6 +42,7 @@ import numpy as np
 import optax
 
 from jaxsoftmax import _gradients
+from jaxsoftmax import _io
 from jaxsoftmax import _losses
 from jaxsoftmax import _models
 from jaxsoftmax import _numerics
@@ -1011,11 +1012,6 @@ def plot_panels(
       ax.legend(fontsize="small")
   if title:
     fig.suptitle(title)
-  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-  try:
-    fig.savefig(tmp, format="png", dpi=110)
-    os.replace(tmp, path)
-  except BaseException:
-    tmp.unlink(missing_ok=True)
-    raise
+  with _io.atomic_open(path) as f:
+    fig.savefig(f, format="png", dpi=110)
   return path

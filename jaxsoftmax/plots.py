@@ -24,6 +24,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 import numpy as np
 
+from jaxsoftmax import _io
 from jaxsoftmax import _validation as v
 from jaxsoftmax import metrics
 
@@ -38,25 +39,9 @@ def _new_figure(width: float, height: float) -> Figure:
 
 def _save(fig: Figure, path: str | os.PathLike[str]) -> Path:
   """Writes ``fig`` as a PNG to ``path`` via a temporary file and a rename."""
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(
-      dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
-  )
-  try:
-    with os.fdopen(fd, "wb") as f:
-      fig.savefig(f, format="png", dpi=_DPI)
-      f.flush()
-      os.fsync(f.fileno())
-    # mkstemp creates 0600; give the image the permissions open() would.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
-  except BaseException:
-    os.unlink(tmp)
-    raise
-  return path
+  with _io.atomic_open(path) as f:
+    fig.savefig(f, format="png", dpi=_DPI)
+  return Path(path)
 
 
 def _host_float(name: str, x: Any) -> np.ndarray:

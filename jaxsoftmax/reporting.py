@@ -13,7 +13,6 @@ import json
 import os
 import platform
 import statistics
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -22,6 +21,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jaxsoftmax import _io
 
 RESULTS_DIR = Path(os.environ.get("JAXSOFTMAX_RESULTS", "results"))
 
@@ -98,7 +99,12 @@ def compiled_memory(fn: Callable[..., Any], *args: Any) -> dict[str, int]:
     ``{"argument", "output", "temp", "total"}`` in bytes (``total`` is their
     sum, an upper bound on the peak of one call).
   """
-  stats = jax.jit(fn).lower(*args).compile().memory_analysis()
+  return executable_memory(jax.jit(fn).lower(*args).compile())
+
+
+def executable_memory(compiled: Any) -> dict[str, int]:
+  """:func:`compiled_memory` of an already compiled executable."""
+  stats = compiled.memory_analysis()
   out = {
       "argument": int(stats.argument_size_in_bytes),
       "output": int(stats.output_size_in_bytes),
@@ -155,23 +161,10 @@ def save_results(name: str, payload: Mapping[str, Any]) -> Path:
   Returns:
     The path written.
   """
-  RESULTS_DIR.mkdir(parents=True, exist_ok=True)
   path = RESULTS_DIR / f"{name}.json"
   data = {"name": name, "machine": machine(), **payload}
-  fd, tmp = tempfile.mkstemp(dir=RESULTS_DIR, prefix=f".{name}.", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "w") as f:
-      json.dump(data, f, indent=2, default=_to_json)
-      f.flush()
-      os.fsync(f.fileno())
-    # mkstemp creates 0600; give the result the permissions open() would.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
-  except BaseException:
-    os.unlink(tmp)
-    raise
+  with _io.atomic_open(path, "w") as f:
+    json.dump(data, f, indent=2, default=_to_json)
   return path
 
 
