@@ -510,33 +510,6 @@ def _index(codes1, codes2, log_rho, num_codewords):
   return order, offsets, log_mass, cdf
 
 
-def _check_counts(counts, num_classes):
-  if not v.is_concrete(counts):
-    raise TypeError(
-        "counts must be concrete (a NumPy or JAX array outside jit): the"
-        " popularity weights are fixed when the index is built."
-    )
-  c = np.asarray(counts)
-  if c.dtype == np.bool_ or not (np.issubdtype(c.dtype, np.integer)
-                                 or np.issubdtype(c.dtype, np.floating)):
-    raise TypeError(f"counts must be integer or floating; got {c.dtype}.")
-  if c.shape != (num_classes,):
-    raise ValueError(
-        f"counts must have shape ({num_classes},) (one per class of w); got"
-        f" {c.shape}."
-    )
-  c = c.astype(np.float64)
-  if not np.isfinite(c).all() or (c < 0).any():
-    bad = np.flatnonzero(~np.isfinite(c) | (c < 0))
-    raise ValueError(
-        f"counts must be finite and >= 0; got {c[bad][:5].tolist()} at index"
-        f" {bad[:5].tolist()}."
-    )
-  if not (c > 0).any():
-    raise ValueError("counts must have a positive entry; all are 0.")
-  return c
-
-
 def midx(
     w: ArrayLike,
     *,
@@ -629,14 +602,8 @@ def midx(
     if counts is None:
       raise ValueError("mode='pop' weights classes by popularity: pass"
                        " counts of shape [num_classes].")
-    if (not isinstance(power, (int, float)) or isinstance(power, bool)
-        or not math.isfinite(power) or power < 0):
-      raise ValueError(f"power must be a finite float >= 0; got {power!r}.")
-    c = _check_counts(counts, num_classes)
-    with np.errstate(divide="ignore"):
-      log_rho = np.where(c > 0, power * (np.log(c) - np.log(c.max())),
-                         -np.inf)
-    nonzero = int((c > 0).sum())
+    log_rho = _samplers._count_log_weights(counts, power, num_classes)
+    nonzero = int(np.isfinite(log_rho).sum())
   else:
     if counts is not None:
       raise ValueError(

@@ -630,47 +630,26 @@ def log_uniform(num_classes: int) -> AliasSampler:
   return _alias_sampler(log_p)
 
 
-def unigram(counts: ArrayLike, *, power: float = 0.75) -> AliasSampler:
-  r"""The smoothed unigram proposal, :math:`q(k) \propto c_k^{\alpha}`.
+def _count_log_weights(
+    counts: ArrayLike, power: float, num_classes: int | None = None
+) -> np.ndarray:
+  r"""Validated, normalized :math:`\log (c_k^{\alpha} / \sum_j c_j^{\alpha})`.
 
-  .. math::
-    q(k) = \frac{c_k^{\alpha}}{\sum_j c_j^{\alpha}}
-
-  with :math:`\alpha` = ``power``: 1 is the empirical class frequency, 0.75
-  the word2vec choice (it flattens the head so rare classes are drawn more
-  often), 0 uniform over the classes seen. Classes with :math:`c_k = 0`
-  get :math:`q(k) = 0` for every power. The table is built once, on the host,
-  O(K); draws are O(1) with the alias method.
+  The weights of :func:`unigram` and of MIDX-pop; :math:`-\infty` where
+  :math:`c_k = 0`, whatever the power.
 
   Args:
-    counts: ``[K]`` non-negative finite counts (or weights), not all zero;
-      concrete (build the sampler outside ``jit``).
+    counts: ``[K]`` non-negative finite counts, not all zero; concrete.
     power: :math:`\alpha \ge 0`, a Python float.
+    num_classes: the required :math:`K`, or None for any.
 
   Returns:
-    An :class:`AliasSampler`.
-
-  Raises:
-    TypeError: traced or non-numeric ``counts``.
-    ValueError: wrong rank, empty, negative, non-finite or all-zero counts,
-      or a negative power.
-
-  Examples:
-    >>> import jax.numpy as jnp
-    >>> from jaxsoftmax import samplers
-    >>> s = samplers.unigram(jnp.array([3.0, 1.0, 0.0]), power=1.0)
-    >>> print(jnp.exp(s.log_prob(None, jnp.arange(3))))
-    [0.75 0.25 0.  ]
-
-  References:
-    T. Mikolov et al., "Distributed representations of words and phrases
-    and their compositionality", NeurIPS (2013); TensorFlow,
-    ``tf.random.fixed_unigram_candidate_sampler`` (``distortion``).
+    ``[K]`` float64 log-weights.
   """
   if not v.is_concrete(counts):
     raise TypeError(
         "counts must be concrete (a NumPy or JAX array outside jit): the"
-        " alias table is built once on the host. Build the sampler outside"
+        " weights are fixed once, on the host. Build the sampler outside"
         " the jitted function and pass it in as an argument."
     )
   c = np.asarray(counts)
@@ -679,6 +658,11 @@ def unigram(counts: ArrayLike, *, power: float = 0.75) -> AliasSampler:
   ):
     raise TypeError(
         f"counts must be integer or floating; got {c.dtype} with shape"
+        f" {c.shape}."
+    )
+  if num_classes is not None and c.shape != (num_classes,):
+    raise ValueError(
+        f"counts must have shape ({num_classes},) (one per class); got"
         f" {c.shape}."
     )
   if c.ndim != 1 or c.size == 0:
@@ -717,7 +701,47 @@ def unigram(counts: ArrayLike, *, power: float = 0.75) -> AliasSampler:
   with np.errstate(divide="ignore"):
     log_w = np.where(c > 0, power * (np.log(c) - np.log(c.max())), -np.inf)
   shift = np.log(np.sum(np.exp(log_w)))
-  return _alias_sampler(log_w - shift)
+  return log_w - shift
+
+
+def unigram(counts: ArrayLike, *, power: float = 0.75) -> AliasSampler:
+  r"""The smoothed unigram proposal, :math:`q(k) \propto c_k^{\alpha}`.
+
+  .. math::
+    q(k) = \frac{c_k^{\alpha}}{\sum_j c_j^{\alpha}}
+
+  with :math:`\alpha` = ``power``: 1 is the empirical class frequency, 0.75
+  the word2vec choice (it flattens the head so rare classes are drawn more
+  often), 0 uniform over the classes seen. Classes with :math:`c_k = 0`
+  get :math:`q(k) = 0` for every power. The table is built once, on the host,
+  O(K); draws are O(1) with the alias method.
+
+  Args:
+    counts: ``[K]`` non-negative finite counts (or weights), not all zero;
+      concrete (build the sampler outside ``jit``).
+    power: :math:`\alpha \ge 0`, a Python float.
+
+  Returns:
+    An :class:`AliasSampler`.
+
+  Raises:
+    TypeError: traced or non-numeric ``counts``.
+    ValueError: wrong rank, empty, negative, non-finite or all-zero counts,
+      or a negative power.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from jaxsoftmax import samplers
+    >>> s = samplers.unigram(jnp.array([3.0, 1.0, 0.0]), power=1.0)
+    >>> print(jnp.exp(s.log_prob(None, jnp.arange(3))))
+    [0.75 0.25 0.  ]
+
+  References:
+    T. Mikolov et al., "Distributed representations of words and phrases
+    and their compositionality", NeurIPS (2013); TensorFlow,
+    ``tf.random.fixed_unigram_candidate_sampler`` (``distortion``).
+  """
+  return _alias_sampler(_count_log_weights(counts, power))
 
 
 # At the end: the MIDX sampler subclasses Sampler, defined above.
