@@ -391,15 +391,15 @@ class MidxSampler(_samplers.Sampler):
     """``[K]`` the model's logits :math:`x^\top w_i + b_i` (``"exact"``)."""
     return query.astype(self.w.dtype) @ self.w + self.b
 
-  def _query_tables(self, query):
+  def _query_tables(self, query, s1, s2):
     r"""Bucket log-masses and within-bucket CDF for ``query``.
 
-    Static modes return their stored tables; ``"exact"`` weighs each class
+    ``s1``, ``s2`` are the query's codeword scores. Static modes return
+    their stored tables; ``"exact"`` weighs each class
     by :math:`\rho_i = e^{x^\top r_i + b_i}`, computed over every class.
     """
     if self.mode != "exact":
       return self.log_mass, self.cdf
-    s1, s2 = self._codeword_scores(query)
     residual = self._logits(query) - s1[self.codes1] - s2[self.codes2]
     bucket = self.codes1 * self.num_codewords + self.codes2
     sorted_bucket = bucket[self.order]
@@ -408,7 +408,7 @@ class MidxSampler(_samplers.Sampler):
 
   def _draw(self, key, query, n):
     s1, s2 = self._codeword_scores(query)
-    log_mass, cdf = self._query_tables(query)
+    log_mass, cdf = self._query_tables(query, s1, s2)
     joint = (s1[:, None] + s2[None, :]).reshape(-1) + log_mass
     # Stages one and two (a, then b given a) are drawn together by one
     # inverse-CDF search over the K_c^2 bucket masses: the same
