@@ -13,7 +13,15 @@ give the gradient; the sampler's output is treated as a constant.
 
 Candidate sets are shared by the batch (``shared=True``: one gather of
 :math:`m` columns, the cheapest) or drawn per example (``shared=False``:
-``[B, m]`` ids, needed by query-dependent samplers such as MIDX).
+``[B, m]`` ids). A query-dependent sampler such as MIDX fits either: per
+row, each row draws from its own proposal :math:`q(\cdot \mid x_i)`;
+shared, each candidate comes from the proposal of a uniformly chosen row, so
+the set is drawn from the mixture :math:`\bar q = \frac1B \sum_i q(\cdot
+\mid x_i)` and every row is corrected with :math:`\log \bar q` (the
+balance heuristic). The per-row set follows each row more closely; the
+shared one keeps the single ``[d, m]`` gather and dense ``[B, d] @ [d, m]``
+product, which on CPU is several times cheaper than the per-row gather and
+its scatter in the backward pass.
 
 Rows follow :func:`jaxsoftmax.cross_entropy`'s conventions: ``weights``,
 ``ignore_index`` and ``reduction`` mean the same thing; out-of-range labels
@@ -22,6 +30,7 @@ raise on eager calls and give NaN loss and gradient under ``jit``.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -120,31 +129,82 @@ def _candidates(key, x, sampler, num_samples, shared, replace):
   expected number of times class k appears among the candidates is ``m q(k)``
   with replacement and the inclusion probability ``pi_k`` without.
   """
-  if shared:
-    if sampler.query_dependent:
+  x = jax.lax.stop_gradient(x)
+  if shared and sampler.query_dependent:
+    if not replace:
       raise ValueError(
-          f"{type(sampler).__name__} is query-dependent, so its candidates"
-          " cannot be shared by the batch; pass shared=False."
+          f"{type(sampler).__name__} is query-dependent: a candidate set"
+          " shared by the batch is drawn from the mixture of the rows'"
+          " proposals, which has no without-replacement inclusion"
+          " probabilities; pass replace=True or shared=False."
       )
-    ids, log_q = sampler.sample(key, None, num_samples, replace=replace)
+    k_rows, k_draw = jax.random.split(key)
+    rows = jax.random.randint(k_rows, (num_samples,), 0, x.shape[0])
+    ids = _samplers._draw_rows(sampler, k_draw, x[rows], 1)[:, 0]
+    log_q = _mixture_log_prob(sampler, x, ids)
   else:
     ids, log_q = sampler.sample(
-        key, jax.lax.stop_gradient(x), num_samples, replace=replace
-    )
+        key, None if shared else x, num_samples, replace=replace)
   log_q = jax.lax.stop_gradient(log_q)
   if replace:
     log_q = log_q + math.log(num_samples)
   return ids, log_q, log_q < jnp.inf
 
 
+def _mixture_log_prob(sampler, x, ids):
+  r"""``[n]`` :math:`\log \bar q(k)`, :math:`\bar q = \frac1B \sum_i
+  q(\cdot \mid x_i)`, the proposal of a set shared by a batch of queries.
+
+  Drawing a row uniformly and then a class from that row's proposal samples
+  :math:`\bar q`; weighting every row's draws by :math:`1 / \bar q` (the
+  balance heuristic of multiple importance sampling, Veach & Guibas 1995)
+  keeps each row's estimate unbiased wherever :math:`\bar q > 0`. Costs
+  O(B n) log-probabilities: one ``[B, n]`` table.
+  """
+  rows = jnp.broadcast_to(ids, x.shape[:1] + ids.shape)
+  log_q = _samplers._log_prob_rows(sampler, x, rows)
+  return jax.nn.logsumexp(log_q, axis=0) - math.log(x.shape[0])
+
+
 def _candidate_logits(x, w, b, ids, acc):
   """``[B, m]`` logits of the candidates, gathering only their columns."""
-  w_s = jnp.take(w, ids, axis=1)
   if ids.ndim == 1:
-    s = jnp.matmul(x, w_s, preferred_element_type=acc)
+    s = jnp.matmul(x, jnp.take(w, ids, axis=1), preferred_element_type=acc)
     return s + b[ids].astype(acc)[None, :]
+  return _row_candidate_scores(x, w, ids, acc) + b[ids].astype(acc)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _row_candidate_scores(x, w, ids, acc):
+  r"""``[B, m]`` scores :math:`s_{ij} = x_i^\top w_{k_{ij}}` of per-row ids.
+
+  The rule autodiff derives for the gather scatters :math:`\partial s_{ij}
+  x_i` into ``w``'s columns, which are strided in the row-major ``[d, K]``
+  array, one element at a time. The backward pass below scatters the same
+  sums as contiguous rows of a ``[K, d]`` buffer and transposes it once:
+  1.7x faster for the whole gradient on CPU at K = 5e4, d = 128, B = 256,
+  m = 128 (97 -> 57 ms).
+  """
+  return _row_candidate_scores_fwd(x, w, ids, acc)[0]
+
+
+def _row_candidate_scores_fwd(x, w, ids, acc):
+  w_s = jnp.take(w, ids, axis=1)
   s = jnp.einsum("bd,dbm->bm", x, w_s, preferred_element_type=acc)
-  return s + b[ids].astype(acc)
+  return s, (x, w, w_s, ids)
+
+
+def _row_candidate_scores_bwd(acc, res, g):
+  x, w, w_s, ids = res
+  g = g.astype(acc)
+  dx = jnp.einsum("bm,dbm->bd", g, w_s, preferred_element_type=acc)
+  rows = g[:, :, None] * x[:, None, :].astype(acc)
+  dw_t = jnp.zeros(w.shape[::-1], acc).at[ids].add(rows)
+  return dx.astype(x.dtype), dw_t.T.astype(w.dtype), None
+
+
+_row_candidate_scores.defvjp(_row_candidate_scores_fwd,
+                             _row_candidate_scores_bwd)
 
 
 def _broadcast_rows(a, batch):
@@ -207,8 +267,9 @@ def sampled_softmax_loss(
     num_samples: :math:`m`, a Python int >= 1 (at most the sampler's support
       size without replacement).
     remove_accidental_hits: mask candidates equal to the row's label.
-    shared: one candidate set for the batch (default) or one per row
-      (required for query-dependent samplers, which see ``x``).
+    shared: one candidate set for the batch (default; drawn from the
+      mixture of the rows' proposals for a query-dependent sampler, with
+      ``replace=True`` only) or one per row.
     replace: i.i.d. candidates (default) or distinct ones.
     weights: optional ``[batch]`` non-negative per-row weights.
     ignore_index: label value whose rows contribute nothing.
@@ -365,10 +426,12 @@ def nce_loss(
   keep = _broadcast_rows(keep, batch)
   if remove_accidental_hits:
     keep &= _broadcast_rows(ids, batch) != labels[:, None]
-  if shared:
-    log_q_y = sampler.log_prob(None, safe)
-  else:
+  if not shared:
     log_q_y = sampler.log_prob(jax.lax.stop_gradient(x), safe[:, None])[:, 0]
+  elif sampler.query_dependent:
+    log_q_y = _mixture_log_prob(sampler, jax.lax.stop_gradient(x), safe)
+  else:
+    log_q_y = sampler.log_prob(None, safe)
   log_count_y = jax.lax.stop_gradient(log_q_y) + math.log(num_samples)
   true_logit = (_true_logits(x, w, b, safe, acc) - log_count_y.astype(acc)
                 + _nan_if_out_of_range(in_range, valid, acc))

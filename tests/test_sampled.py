@@ -16,8 +16,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.stats
 
 from jaxsoftmax import cross_entropy
+from jaxsoftmax import _sampled
 from jaxsoftmax import samplers
 from jaxsoftmax._sampled import negative_sampling_loss
 from jaxsoftmax._sampled import nce_loss
@@ -249,20 +251,25 @@ def test_gradient_bias_shrinks_with_num_samples():
   assert bias[512] < bias[8] / 4
 
 
-def test_half_precision_inputs_reduce_in_float32():
-  """bf16 parameters: float32 loss, bf16 cotangents, close to float32."""
+@pytest.mark.parametrize("shared", [True, False])
+def test_half_precision_inputs_reduce_in_float32(shared):
+  """bf16 parameters: float32 loss, bf16 cotangents, close to float32, for
+  the shared gather and the per-row one (its own backward rule)."""
   x, w, b, y = _problem(dtype=jnp.float32)
   key = jax.random.key(3)
 
   def loss(x, w, b):
     return sampled_softmax_loss(key, x, w, b, y, sampler=UNIGRAM,
-                                num_samples=M)
+                                num_samples=M, shared=shared)
 
   lo, grads = jax.value_and_grad(loss, (0, 1, 2))(
       *(a.astype(jnp.bfloat16) for a in (x, w, b)))
   assert lo.dtype == jnp.float32
   assert all(g.dtype == jnp.bfloat16 for g in grads)
   np.testing.assert_allclose(lo, loss(x, w, b), rtol=2e-2)
+  grads32 = jax.grad(loss, (0, 1, 2))(x, w, b)
+  for g, g32 in zip(grads, grads32):
+    np.testing.assert_allclose(np.asarray(g, np.float32), g32, atol=2e-2)
 
 
 # ----------------------------------------------------------------------------
@@ -369,15 +376,17 @@ def test_out_of_range_labels_under_jit_give_nan_rows():
 # ----------------------------------------------------------------------------
 
 
-def test_query_dependent_sampler_needs_per_row_candidates():
-  """A query-dependent sampler refuses shared sets and queries=None; its
-  log_prob is per query; its distinct sets are distinct per row."""
+def test_query_dependent_sampler_per_query_log_prob_and_distinct_sets():
+  """A query-dependent sampler refuses queries=None and a shared set without
+  replacement; its log_prob is per query; its distinct sets are distinct per
+  row."""
   x, w, b, y = _problem()
   sampler = ExactSoftmaxSampler(w, b, K)
   key = jax.random.key(8)
-  for fn in (sampled_softmax_loss, nce_loss, negative_sampling_loss):
-    with pytest.raises(ValueError, match="query-dependent"):
-      fn(key, x, w, b, y, sampler=sampler, num_samples=4)
+  for fn in (sampled_softmax_loss, negative_sampling_loss):
+    with pytest.raises(ValueError, match="query-dependent.*mixture.*"
+                       "replace=True or shared=False"):
+      fn(key, x, w, b, y, sampler=sampler, num_samples=4, replace=False)
   with pytest.raises(ValueError, match="query-dependent"):
     sampler.sample(key, None, 4)
   ids = jnp.tile(jnp.arange(K), (6, 1))
@@ -388,6 +397,70 @@ def test_query_dependent_sampler_needs_per_row_candidates():
   assert ids.shape == (6, 7)
   assert all(len(set(row)) == 7 for row in np.asarray(ids).tolist())
   assert (np.asarray(log_q) <= 0).all()
+
+
+def test_shared_set_of_query_dependent_sampler_is_the_rows_mixture():
+  """shared=True with a query-dependent q: the set is drawn from qbar = mean
+  of the rows' q (chi-square on 8000 draws), corrected by log(m qbar), so the
+  partition estimate is unbiased per row; loss and gradients equal the
+  formula on the same ids, for sampled softmax and NCE."""
+  x, w, b, y = _problem()
+  sampler = ExactSoftmaxSampler(w, b, K)
+  qbar = jnp.mean(jax.nn.softmax(x @ w + b[None, :]), axis=0)
+  m = 8
+
+  def draw(key):
+    return _sampled._candidates(key, x, sampler, m, True, True)[:2]
+
+  keys = jax.random.split(jax.random.key(11), 1000)
+  ids, log_count = jax.jit(jax.vmap(draw))(keys)
+  assert ids.shape == (1000, m)
+  _close(log_count - math.log(m), jnp.log(qbar)[ids],
+         dict(rtol=1e-5, atol=1e-5))
+  freq = np.bincount(np.asarray(ids).ravel(), minlength=K)
+  expected = np.asarray(qbar) * freq.sum()
+  assert scipy.stats.chisquare(freq, expected).pvalue > 1e-3
+  # Hansen-Hurwitz: E[sum_j e^{s_ik_j} / (m qbar(k_j))] = sum_k e^{s_ik}.
+  s = x @ w + b[None, :]
+  est = jnp.sum(jnp.exp(jnp.take_along_axis(
+      jnp.broadcast_to(s[None], (1000,) + s.shape),
+      jnp.broadcast_to(ids[:, None, :], (1000, 6, m)), axis=2)
+      - log_count[:, None, :]), axis=2)
+  mean, se = np.mean(est, 0), np.std(est, 0) / math.sqrt(1000)
+  assert (np.abs(mean - np.sum(np.exp(s), 1)) < 5 * se).all()
+
+  key = keys[0]
+  ids, log_count = draw(key)  # the losses' own (unbatched) computation
+  log_q = log_count - math.log(m)
+  valid = jnp.ones(6, bool)
+  weights = jnp.arange(1.0, 7.0)
+
+  def loss(x, w, b):
+    return sampled_softmax_loss(key, x, w, b, y, sampler=sampler,
+                                num_samples=m, weights=weights)
+
+  def ref(x, w, b):
+    return ref_sampled_softmax(x, w, b, y, ids, log_q, replace=True,
+                               remove_hits=True, weights=weights, valid=valid,
+                               reduction="mean")
+
+  _close(jax.value_and_grad(loss, (0, 1, 2))(x, w, b),
+         jax.value_and_grad(ref, (0, 1, 2))(x, w, b))
+
+  def nce(x, w, b):
+    return nce_loss(key, x, w, b, y, sampler=sampler, num_samples=m,
+                    weights=weights)
+
+  def nce_ref(x, w, b):
+    # The label's log qbar in the sampler's float32, as the loss has it.
+    log_q_y = _sampled._mixture_log_prob(
+        sampler, jax.lax.stop_gradient(x), y)
+    return ref_logistic(x, w, b, y, ids, log_q, log_q_y,
+                        correct=True, remove_hits=False, weights=weights,
+                        valid=valid, reduction="mean")
+
+  _close(jax.value_and_grad(nce, (0, 1, 2))(x, w, b),
+         jax.value_and_grad(nce_ref, (0, 1, 2))(x, w, b))
 
 
 def test_bad_inputs_raise_clear_errors():
