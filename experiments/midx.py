@@ -14,6 +14,9 @@ corrected, accidental hits removed) and five proposals at the same
   MIDX-uniform       ``samplers.midx(mode="uniform")``, one set per row
   MIDX-pop           ``mode="pop"`` (unigram counts^0.75 inside a bucket)
   MIDX-exact         ``mode="exact"``: q = p, O(K d) per query
+  ..._shared         MIDX-uniform / MIDX-pop with one set shared by the
+                     batch, drawn from the mixture of the rows' proposals
+                     (``shared=True``): the static samplers' cheap gather
 
 The MIDX indexes (32 codewords per half) are rebuilt from the current
 output embeddings every ``--refresh-every`` steps, inside the budget.
@@ -53,7 +56,8 @@ from jaxsoftmax import samplers
 from jaxsoftmax._optim import make_optimizer
 from jaxsoftmax.data import load_text_corpus
 
-SAMPLERS = ("uniform", "unigram", "midx_uniform", "midx_pop", "midx_exact")
+SAMPLERS = ("uniform", "unigram", "midx_uniform", "midx_pop", "midx_exact",
+            "midx_uniform_shared", "midx_pop_shared")
 CODEWORDS = 32
 GRADIENT_REPEATS = 16
 
@@ -70,8 +74,13 @@ def probe_rows(corpus, n: int):
 
 
 def proposal(head: lv.LargeSoftmaxHead, name: str, counts, key):
-  """The sampler ``name`` as it stands for ``head``'s current w and b."""
+  """The sampler ``name`` as it stands for ``head``'s current w and b.
+
+  For a ``_shared`` run this is each row's own proposal; the set it trains
+  with is drawn from their mixture over the batch.
+  """
   w, b = head.w[...], head.b[...]
+  name = name.removesuffix("_shared")
   if name == "uniform":
     return samplers.uniform(w.shape[1])
   if name == "unigram":
@@ -124,7 +133,9 @@ def run_one(corpus, name: str, args) -> tuple[dict[str, Any], Any, Any]:
                           args.hidden_dim, rngs=nnx.Rngs(args.seed))
   t0 = time.perf_counter()
   head = lv.LargeSoftmaxHead(
-      args.hidden_dim, k, method="sampled", sampler=name,
+      args.hidden_dim, k, method="sampled",
+      sampler=name.removesuffix("_shared"),
+      shared=True if name.endswith("_shared") else None,
       num_samples=args.num_samples, counts=corpus.counts,
       num_codewords=min(CODEWORDS, k), refresh_every=args.refresh_every,
       rngs=nnx.Rngs(args.seed + 1))
@@ -233,7 +244,8 @@ def main() -> None:
   for k in sorted({r["K"] for r in same_model}):
     kl = {r["sampler"]: r["kl_qp"] for r in same_model if r["K"] == k}
     ppl = {r["sampler"]: r["ppl"] for r in rows if r["K"] == k}
-    for name in ("midx_uniform", "midx_pop"):
+    for name in ("midx_uniform", "midx_pop", "midx_uniform_shared",
+                 "midx_pop_shared"):
       if name not in kl:
         continue
       for static in ("uniform", "unigram"):

@@ -102,7 +102,7 @@ SAMPLERS = ("uniform", "log_uniform", "unigram", "midx_uniform", "midx_pop",
 # Options each method takes, with their defaults. The w-based heads all
 # evaluate through the fused op, hence chunk_size everywhere.
 _SAMPLING = {"num_samples": 512, "power": 0.75, "chunk_size": 4096,
-             "num_codewords": 32, "refresh_every": None}
+             "num_codewords": 32, "refresh_every": None, "shared": None}
 _OPTIONS: dict[str, dict[str, Any]] = {
     "full": {"chunk_size": 4096},
     "sampled": {"sampler": "log_uniform", "remove_accidental_hits": True,
@@ -243,6 +243,10 @@ def _resolve_options(method: str, options: dict[str, Any]) -> dict[str, Any]:
     v.check_positive_int("num_codewords", resolved["num_codewords"])
   if resolved.get("refresh_every") is not None:
     v.check_positive_int("refresh_every", resolved["refresh_every"])
+  if resolved.get("shared") not in (None, True, False):
+    raise TypeError(
+        f"shared must be None (the sampler's default), True or False; got"
+        f" {resolved['shared']!r}.")
   if resolved.get("num_clusters") is not None:
     v.check_positive_int("num_clusters", resolved["num_clusters"])
   return resolved
@@ -318,9 +322,12 @@ class LargeSoftmaxHead(nnx.Module):
     adaptive ``"midx_uniform"``, ``"midx_pop"``, ``"midx_exact"`` of
     :func:`jaxsoftmax.samplers.midx`; default ``"log_uniform"`` for
     ``"sampled"``, ``"unigram"`` for ``"nce"`` and
-    ``"negative_sampling"``), ``num_samples`` (:math:`m`, default 512, one
-    candidate set shared by the batch for the static samplers, one per row
-    for MIDX), ``power`` (the unigram and MIDX-pop exponent, default 0.75);
+    ``"negative_sampling"``), ``num_samples`` (:math:`m`, default 512),
+    ``power`` (the unigram and MIDX-pop exponent, default 0.75), and
+    ``shared`` (one candidate set for the batch, or one per row; default
+    None: shared for the static samplers, per row for MIDX, whose shared
+    set is drawn from the mixture of the rows' proposals, see
+    :func:`~jaxsoftmax.sampled_softmax_loss`);
   - ``num_codewords`` (MIDX, default 32, capped at :math:`K`) and
     ``refresh_every`` (MIDX: :func:`train` rebuilds the index from the
     current ``w`` every so many steps; default None, once per epoch);
@@ -492,9 +499,11 @@ class LargeSoftmaxHead(nnx.Module):
         # MIDX-exact scores residuals with w: the current one keeps q = p
         # exactly between index refreshes (any codebook decomposes exactly).
         sampler = dataclasses.replace(sampler, w=self.w[...], b=self.b[...])
-      # A query-dependent proposal (MIDX) draws one candidate set per row.
+      shared = opts["shared"]
+      if shared is None:
+        shared = not sampler.query_dependent
       common = dict(sampler=sampler, num_samples=opts["num_samples"],
-                    shared=not sampler.query_dependent)
+                    shared=shared)
       if method == "sampled":
         return _sampled.sampled_softmax_loss(
             key, x, self.w[...], self.b[...], labels,

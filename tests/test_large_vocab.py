@@ -19,6 +19,7 @@ import numpy as np
 import optax
 import pytest
 
+from jaxsoftmax import sampled_softmax_loss
 from jaxsoftmax.data import build_text_corpus
 from jaxsoftmax.large_vocab import METHODS
 from jaxsoftmax.large_vocab import ContextModel
@@ -373,12 +374,14 @@ def test_train_rejects_a_mismatched_corpus(corpus):
     train([model, head], corpus, key=jax.random.key(0), max_steps=1)
 
 
-@pytest.mark.parametrize("sampler", ["midx_pop", "midx_exact"])
-def test_midx_heads_train_and_refresh_their_index(corpus, sampler):
+@pytest.mark.parametrize("sampler, shared", [
+    ("midx_pop", None), ("midx_exact", None), ("midx_pop", True)])
+def test_midx_heads_train_and_refresh_their_index(corpus, sampler, shared):
   model = ContextModel(V, CONTEXT, EMBED, HIDDEN, rngs=nnx.Rngs(0))
   head = LargeSoftmaxHead(HIDDEN, V, method="sampled", sampler=sampler,
                           num_samples=4, num_codewords=3, refresh_every=5,
-                          counts=corpus.counts, rngs=nnx.Rngs(1))
+                          counts=corpus.counts, shared=shared,
+                          rngs=nnx.Rngs(1))
   assert head.adaptive and head.sampler.mode == sampler[5:]
   before = head.sampler.codebook1
   history = train((model, head), corpus, key=jax.random.key(0), max_steps=12,
@@ -396,6 +399,32 @@ def test_midx_heads_train_and_refresh_their_index(corpus, sampler):
     counts = np.asarray(corpus.counts)
     ids, _ = head.sampler.sample(jax.random.key(2), x, 50)
     assert counts[np.asarray(ids)].min() > 0
+
+
+@pytest.mark.parametrize("sampler", ["unigram", "midx_uniform"])
+def test_shared_option_picks_the_candidate_sets(corpus, sampler):
+  """shared=None is the sampler's default (a batch set for static samplers,
+  per row for MIDX); True/False give sampled_softmax_loss's sets."""
+  x = jax.random.normal(jax.random.key(0), (6, HIDDEN))
+  y = jnp.asarray(corpus.y_test[:6])
+  key = jax.random.key(1)
+  losses = {}
+  for shared in (None, True, False):
+    head = LargeSoftmaxHead(HIDDEN, V, method="sampled", sampler=sampler,
+                            num_samples=4, num_codewords=3,
+                            counts=corpus.counts, shared=shared,
+                            rngs=nnx.Rngs(1))
+    losses[shared] = float(head.loss(x, y, key=key))
+    if shared is not None:
+      expected = sampled_softmax_loss(
+          key, x, head.w[...], head.b[...], y, sampler=head.sampler,
+          num_samples=4, shared=shared)
+      assert losses[shared] == pytest.approx(float(expected), rel=1e-6)
+  assert losses[None] == losses[sampler == "unigram"]
+  assert losses[True] != losses[False]
+  with pytest.raises(TypeError, match="shared must be None"):
+    LargeSoftmaxHead(HIDDEN, V, method="sampled", shared="yes",
+                     rngs=nnx.Rngs(1))
 
 
 def test_midx_exact_index_survives_donation_without_refresh(corpus):
