@@ -301,8 +301,9 @@ def vocab_parallel_cross_entropy(
   :math:`G_p = \bar\ell(\operatorname{softmax}(h)_{C_p} - q_{C_p})` locally,
   :math:`dw_p = x^\top G_p`, :math:`db_p = \mathbf{1}^\top G_p` with no
   collective, and :math:`dx = \sum_p G_p w_p^\top` with one ``psum``.
-  Communication per step: 3 scalars per row forward (4 with smoothing),
-  B·d for ``dx``, against B·K for an all-gather of the logits.
+  Communication per step: 3 scalars per row forward (5 with smoothing: the
+  finite classes' logit sum and count too), B·d for ``dx``, against B·K for
+  an all-gather of the logits.
 
   With ``chunk_size`` each shard streams over its classes in blocks, so no
   device holds its [B, K/P] block of logits. ``K`` not divisible by P is
