@@ -174,6 +174,21 @@ def gcide_cached():
   return True
 
 
+def test_sharded_vocab_quick(tmp_path):
+  proc = run_experiment("sharded_vocab", tmp_path, "--quick")
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  results = json.loads((tmp_path / "sharded_vocab_quick.json").read_text())
+  assert results["targets"] == {"equal_to_single_device": True,
+                                "memory_scales": True}
+  rows = results["rows"]
+  assert [r["devices"] for r in rows] == [1, 2, 4, 8]
+  for r in rows:
+    assert r["loss_rel_err"] < 1e-5 and r["grad_rel_err"] < 1e-4, r
+    # w's columns are split over the devices: exactly 1/P of the bytes.
+    assert r["w_bytes_per_device"] * r["devices"] == rows[0][
+        "w_bytes_per_device"], r
+
+
 def test_large_vocab_without_data_says_make_data_text(tmp_path, monkeypatch):
   monkeypatch.setenv("JAXSOFTMAX_DATA", str(tmp_path / "empty"))
   proc = run_experiment("large_vocab", tmp_path, "--quick")
