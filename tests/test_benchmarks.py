@@ -122,3 +122,35 @@ def test_bench_samplers_quick_runs_and_writes_results(tmp_path):
                    "midx_exact"}
   assert all(row["us per query"] > 0 for row in data["rows"])
   assert set(data["targets"]) == {"midx_uniform", "midx_pop"}
+
+
+def test_bench_large_k_quick_runs_and_writes_results(tmp_path):
+  proc = run_quick("bench_large_k.py", tmp_path)
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  data = json.loads((tmp_path / "bench_large_k_quick.json").read_text())
+  assert data["roofline_gflops"] > 0 and len(data["results"]) >= 1
+  for res in data["results"]:
+    rows = res["rows"]
+    assert set(rows) == {"optax", "fused", "sampled", "hierarchical"}
+    for name, row in rows.items():
+      assert row["median_ms"] > 0, name
+      assert row["memory"]["temp"] > 0, name
+    assert rows["optax"]["time_ratio_to_optax"] == 1.0
+  # Each target line carries its verdict; quick sizes need not meet them.
+  assert data["targets"] and all(
+      ": met" in t or ": NOT met" in t for t in data["targets"]), data
+
+
+def test_bench_sharded_quick_runs_and_writes_results(tmp_path):
+  proc = run_quick("bench_sharded.py", tmp_path)
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  data = json.loads((tmp_path / "bench_sharded_quick.json").read_text())
+  assert data["measured_equals_analytic"] is True
+  for res in data["results"]:
+    methods = res["methods"]
+    assert {"vocab_parallel", "vocab_parallel_smoothing",
+            "all_gather"} <= set(methods)
+    for name, m in methods.items():
+      assert m["measured_bytes"] == m["analytic_bytes"] > 0, name
+    # The point of the vocab-parallel loss: far fewer bytes than the logits.
+    assert methods["all_gather"]["bytes_ratio_to_vocab_parallel"] > 10
