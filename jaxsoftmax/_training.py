@@ -205,6 +205,8 @@ def _train_epoch(
     y,
     batches,
     dynamic_kwargs,
+    step_key,
+    first_step,
     *,
     value_and_grad_fn,
     loss_fn,
@@ -217,14 +219,20 @@ def _train_epoch(
 
   Each step gathers its own rows, so the epoch never holds a second, shuffled
   copy of the dataset. With ``batch_sharding`` (a ``NamedSharding``) the
-  minibatch is laid out as it says, e.g. rows split over a data axis.
+  minibatch is laid out as it says, e.g. rows split over a data axis. With a
+  ``step_key``, step ``t`` (``first_step`` + its index in the epoch) passes
+  ``key=fold_in(step_key, t)`` to the loss.
   """
-  kwargs = {**dynamic_kwargs, **dict(static_kwargs)}
+  static = dict(static_kwargs)
   if value_and_grad_fn is None:
     value_and_grad_fn = jax.value_and_grad(loss_fn)
 
-  def step(carry, idx):
+  def step(carry, scanned):
+    t, idx = scanned
     params, opt_state, good = carry
+    kwargs = {**dynamic_kwargs, **static}
+    if step_key is not None:
+      kwargs["key"] = jax.random.fold_in(step_key, t)
     xb = _cast_floats(x[idx], compute_dtype)
     yb = y[idx]
     if batch_sharding is not None:
@@ -260,8 +268,9 @@ def _train_epoch(
     )
     return (params, opt_state, good), (loss, loss_ok, grads_ok, params_ok)
 
+  steps = jnp.arange(batches.shape[0]) + first_step
   (params, opt_state, _), stats = jax.lax.scan(
-      step, (params, opt_state, jnp.asarray(True)), batches
+      step, (params, opt_state, jnp.asarray(True)), (steps, batches)
   )
   return params, opt_state, stats
 
@@ -577,7 +586,11 @@ def fit(
       are cast per step); None computes in the params' and data's dtypes.
     loss_kwargs: extra keyword arguments of ``loss_fn`` (e.g.
       ``{"l2": 1e-3}``). Arrays are traced; other values are static options
-      of the compiled epoch (a new value recompiles).
+      of the compiled epoch (a new value recompiles). A ``jax.random`` key
+      under ``"key"`` (``mlp_loss``'s dropout masks) seeds every step
+      afresh: step :math:`t` (1, 2, ... over the whole run, so a resumed run
+      repeats them) gets ``jax.random.fold_in(key, t)``, and evaluations
+      call ``loss_fn`` without it (no dropout).
     eval_chunk_size: rows per evaluation chunk.
     mesh: a ``jax.sharding.Mesh`` to train on; None trains on the default
       device.
@@ -665,6 +678,9 @@ def fit(
       )
     batch_sharding = NamedSharding(mesh, P(data_axis_name))
   dynamic_kwargs, static_kwargs = _split_kwargs(dict(loss_kwargs or {}))
+  step_key = dynamic_kwargs.pop("key", None)
+  if step_key is not None:
+    v.check_prng_key("loss_kwargs['key']", step_key)
   params = jax.tree.map(jnp.asarray, params)
   x, y = _check_data("data", data, labels=logits_fn is not None)
   if eval_data is not None:
@@ -781,7 +797,8 @@ def fit(
               key, epoch, num_examples=num_train, batch_size=batch_size
           )
           new_params, new_opt_state, stats = train_epoch(
-              params, opt_state, x, y, batches, dynamic_kwargs
+              params, opt_state, x, y, batches, dynamic_kwargs, step_key,
+              (epoch - 1) * steps + 1,
           )
           evals = {}
           if eval_sets:

@@ -167,6 +167,38 @@ def test_scan_epochs_equal_a_python_loop_of_the_same_steps():
   assert history.epoch == [1, 2]
 
 
+def test_a_loss_key_gives_fresh_dropout_masks_each_step_and_none_at_eval():
+  """loss_kwargs["key"]: step t trains with fold_in(key, t), as a Python
+  loop over the same minibatches does; evaluation uses no dropout."""
+  params = js.mlp_init(jax.random.key(0), [D, 8, K], dtype=jnp.float64)
+  drop_key = jax.random.key(5)
+  opts = {"dropout_rate": 0.5}
+  trained, history = fit(
+      js.mlp_loss, params, (X64, Y64), optimizer=PLAIN_SGD, epochs=2,
+      batch_size=B, key=KEY, eval_data=(X64, Y64),
+      loss_kwargs={**opts, "key": drop_key})
+
+  def loop(step_key):
+    p, t = params, 0
+    for epoch in (1, 2):
+      perm = np.asarray(
+          jax.random.permutation(jax.random.fold_in(KEY, epoch), N))
+      for s in range(N // B):
+        t += 1
+        idx = perm[s * B:(s + 1) * B]
+        grads = jax.grad(js.mlp_loss)(p, X64[idx], Y64[idx], **opts,
+                                      key=step_key(t))
+        p = jax.tree.map(lambda a, g: a - 0.5 * g, p, grads)
+    return p
+
+  _assert_trees_close(trained, loop(lambda t: jax.random.fold_in(drop_key, t)),
+                      rtol=1e-10)
+  same_mask = loop(lambda t: drop_key)
+  assert not np.allclose(trained[0]["w"], same_mask[0]["w"], rtol=1e-3)
+  np.testing.assert_allclose(history.test_loss[-1],
+                             js.mlp_loss(trained, X64, Y64), rtol=1e-12)
+
+
 def test_optimizers_get_the_loss_and_a_loss_function():
   # What optax.lbfgs's line search asks for: value, grad and value_fn, at the
   # current params. This transform scales the step by value_fn(params) / value,
@@ -323,6 +355,8 @@ def test_infinite_input_is_rejected_up_front():
          r"compute_dtype must be None or a floating"),
         ({"loss_kwargs": {"l2": [1.0]}}, TypeError,
          r"loss_kwargs\['l2'\] must be an array or hashable"),
+        ({"loss_kwargs": {"key": jax.random.split(KEY)}}, ValueError,
+         r"loss_kwargs\['key'\] must be a single key of shape \(\)"),
     ],
 )
 def test_bad_arguments_raise_clear_errors(kwargs, error, match):
