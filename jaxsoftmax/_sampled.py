@@ -122,7 +122,8 @@ def _true_logits(x, w, b, safe_labels, acc):
   return s + b[safe_labels].astype(acc)
 
 
-def _candidates(key, x, sampler, num_samples, shared, replace):
+def _candidates(key, x, sampler, num_samples, shared, replace,
+                max_draws=None):
   """Candidate ids, their log expected counts, and which slots hold a class.
 
   ``ids`` and ``log_count`` are ``[m]`` when shared, else ``[B, m]``. The
@@ -144,7 +145,8 @@ def _candidates(key, x, sampler, num_samples, shared, replace):
     log_q = _mixture_log_prob(sampler, x, ids)
   else:
     ids, log_q = sampler.sample(
-        key, None if shared else x, num_samples, replace=replace)
+        key, None if shared else x, num_samples, replace=replace,
+        max_draws=max_draws)
   log_q = jax.lax.stop_gradient(log_q)
   if replace:
     log_q = log_q + math.log(num_samples)
@@ -224,6 +226,7 @@ def sampled_softmax_loss(
     remove_accidental_hits: bool = True,
     shared: bool = True,
     replace: bool = True,
+    max_draws: int | None = None,
     weights: ArrayLike | None = None,
     ignore_index: int | None = None,
     reduction: str = "mean",
@@ -271,6 +274,9 @@ def sampled_softmax_loss(
       mixture of the rows' proposals for a query-dependent sampler, with
       ``replace=True`` only) or one per row.
     replace: i.i.d. candidates (default) or distinct ones.
+    max_draws: the horizon of the without-replacement search, see
+      :meth:`jaxsoftmax.samplers.Sampler.sample`; default ``32 (m + 1)``.
+      A peaked proposal may need more to fill ``m`` distinct slots.
     weights: optional ``[batch]`` non-negative per-row weights.
     ignore_index: label value whose rows contribute nothing.
     reduction: ``"mean"`` (weighted, default), ``"sum"`` or ``"none"``.
@@ -309,7 +315,7 @@ def sampled_softmax_loss(
   batch, num_classes = x.shape[0], w.shape[1]
   valid, in_range, safe = _rows(labels, num_classes, ignore_index)
   ids, log_count, filled = _candidates(
-      key, x, sampler, num_samples, shared, replace)
+      key, x, sampler, num_samples, shared, replace, max_draws)
   keep = _broadcast_rows(filled, batch)
   if remove_accidental_hits:
     keep &= _broadcast_rows(ids, batch) != labels[:, None]
@@ -453,6 +459,7 @@ def negative_sampling_loss(
     remove_accidental_hits: bool = False,
     shared: bool = True,
     replace: bool = True,
+    max_draws: int | None = None,
     weights: ArrayLike | None = None,
     ignore_index: int | None = None,
     reduction: str = "mean",
@@ -482,6 +489,8 @@ def negative_sampling_loss(
     remove_accidental_hits: drop negatives equal to the row's label.
     shared: one negative set for the batch (default) or one per row.
     replace: i.i.d. negatives (default) or distinct ones.
+    max_draws: the horizon of the without-replacement search, as in
+      :func:`sampled_softmax_loss`.
     weights: optional ``[batch]`` non-negative per-row weights.
     ignore_index: label value whose rows contribute nothing.
     reduction: ``"mean"`` (weighted, default), ``"sum"`` or ``"none"``.
@@ -514,7 +523,8 @@ def negative_sampling_loss(
   acc = _numerics.accumulation_dtype(jnp.result_type(x, w, b))
   batch, num_classes = x.shape[0], w.shape[1]
   valid, in_range, safe = _rows(labels, num_classes, ignore_index)
-  ids, _, keep = _candidates(key, x, sampler, num_samples, shared, replace)
+  ids, _, keep = _candidates(key, x, sampler, num_samples, shared, replace,
+                             max_draws)
   keep = _broadcast_rows(keep, batch)
   if remove_accidental_hits:
     keep &= _broadcast_rows(ids, batch) != labels[:, None]

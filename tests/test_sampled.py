@@ -399,6 +399,33 @@ def test_query_dependent_sampler_per_query_log_prob_and_distinct_sets():
   assert (np.asarray(log_q) <= 0).all()
 
 
+def test_max_draws_sets_the_distinct_search_horizon():
+  """A peaked per-row proposal fills 7 distinct slots only with a longer
+  horizon; the loss then equals the formula on the sampler's own sets."""
+  x, w, b, y = _problem()
+  sampler = ExactSoftmaxSampler(w, b, K)
+  key = jax.random.key(12)
+  ids, log_q = sampler.sample(key, x, 7, replace=False, max_draws=20_000)
+  assert np.isfinite(np.asarray(log_q)).all()
+
+  def loss(x, w, b, max_draws=20_000):
+    return sampled_softmax_loss(key, x, w, b, y, sampler=sampler,
+                                num_samples=7, shared=False, replace=False,
+                                max_draws=max_draws)
+
+  def ref(x, w, b):
+    return ref_sampled_softmax(x, w, b, y, ids, log_q, replace=False,
+                               remove_hits=True, weights=jnp.ones(6),
+                               valid=jnp.ones(6, bool), reduction="mean")
+
+  _close(jax.value_and_grad(loss, (0, 1, 2))(x, w, b),
+         jax.value_and_grad(ref, (0, 1, 2))(x, w, b))
+  assert float(loss(x, w, b, max_draws=1)) != float(loss(x, w, b))
+  with pytest.raises(ValueError, match="max_draws must be an int >= 1"):
+    negative_sampling_loss(key, x, w, b, y, sampler=UNIGRAM, num_samples=4,
+                           replace=False, max_draws=0)
+
+
 def test_shared_set_of_query_dependent_sampler_is_the_rows_mixture():
   """shared=True with a query-dependent q: the set is drawn from qbar = mean
   of the rows' q (chi-square on 8000 draws), corrected by log(m qbar), so the
