@@ -35,6 +35,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike, DTypeLike
 import numpy as np
 
+from jaxsoftmax import _gather
 from jaxsoftmax import _losses
 from jaxsoftmax import _numerics
 from jaxsoftmax import _validation as v
@@ -576,22 +577,6 @@ def _acc_dtype(*arrays):
 # ----------------------------------------------------------------------------
 
 
-def _gathered_scores(x, w, b, columns, acc):
-  """``x_i . w[:, columns[i, j]] + b[columns[i, j]]``: ``[B, J]`` in ``acc``.
-
-  Gathers only the ``B * J`` columns a batch needs, ``O(d * J)`` per row
-  instead of the ``O(d * K)`` of a full ``x @ w``.
-  """
-  if columns.size == 0:
-    # K = 1 (no nodes): jnp.take drops the batch axis of empty indices.
-    return jnp.zeros(columns.shape, acc)
-  cols = jnp.take(w, columns, axis=1)
-  s = jnp.einsum("bd,dbj->bj", x, cols, preferred_element_type=acc)
-  if b is not None:
-    s = s + jnp.take(b, columns).astype(acc)
-  return s
-
-
 def hierarchical_softmax_loss(
     x: ArrayLike,
     node_w: ArrayLike,
@@ -681,7 +666,7 @@ def hierarchical_softmax_loss(
   # finite targets so their zero weight gives an exact zero.
   ok = in_range | ~valid
   targets = jnp.where(ok[:, None], tree.codes[safe].astype(acc), jnp.nan)
-  scores = _gathered_scores(x, node_w, node_b, nodes, acc)
+  scores = _gather.gathered_scores(x, node_w, node_b, nodes, acc)
   elems = _losses.binary_cross_entropy(scores, targets, reduction="none")
   rows = jnp.sum(jnp.where(mask, elems, 0), axis=-1)
   # With K = 1 there is no path to carry the NaN.
@@ -848,7 +833,7 @@ def class_based_softmax_loss(
   cluster_logits = jnp.matmul(x, cluster_w, preferred_element_type=acc)
   cluster_logits = cluster_logits + cluster_b.astype(acc)[None, :]
   members = clusters.members[cluster]
-  member_logits = _gathered_scores(x, w, b, members, acc)
+  member_logits = _gather.gathered_scores(x, w, b, members, acc)
   member_logits = jnp.where(clusters.mask[cluster], member_logits, -jnp.inf)
   options = dict(weights=weights, ignore_index=-1, reduction=reduction)
   # Both terms share weights and valid rows, so they share the mean's

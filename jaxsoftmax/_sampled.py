@@ -30,13 +30,13 @@ raise on eager calls and give NaN loss and gradient under ``jit``.
 
 from __future__ import annotations
 
-import functools
 import math
 
 import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
+from jaxsoftmax import _gather
 from jaxsoftmax import _losses
 from jaxsoftmax import _numerics
 from jaxsoftmax import _validation as v
@@ -173,40 +173,7 @@ def _candidate_logits(x, w, b, ids, acc):
   if ids.ndim == 1:
     s = jnp.matmul(x, jnp.take(w, ids, axis=1), preferred_element_type=acc)
     return s + b[ids].astype(acc)[None, :]
-  return _row_candidate_scores(x, w, ids, acc) + b[ids].astype(acc)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _row_candidate_scores(x, w, ids, acc):
-  r"""``[B, m]`` scores :math:`s_{ij} = x_i^\top w_{k_{ij}}` of per-row ids.
-
-  The rule autodiff derives for the gather scatters :math:`\partial s_{ij}
-  x_i` into ``w``'s columns, which are strided in the row-major ``[d, K]``
-  array, one element at a time. The backward pass below scatters the same
-  sums as contiguous rows of a ``[K, d]`` buffer and transposes it once:
-  1.7x faster for the whole gradient on CPU at K = 5e4, d = 128, B = 256,
-  m = 128 (97 -> 57 ms).
-  """
-  return _row_candidate_scores_fwd(x, w, ids, acc)[0]
-
-
-def _row_candidate_scores_fwd(x, w, ids, acc):
-  w_s = jnp.take(w, ids, axis=1)
-  s = jnp.einsum("bd,dbm->bm", x, w_s, preferred_element_type=acc)
-  return s, (x, w, w_s, ids)
-
-
-def _row_candidate_scores_bwd(acc, res, g):
-  x, w, w_s, ids = res
-  g = g.astype(acc)
-  dx = jnp.einsum("bm,dbm->bd", g, w_s, preferred_element_type=acc)
-  rows = g[:, :, None] * x[:, None, :].astype(acc)
-  dw_t = jnp.zeros(w.shape[::-1], acc).at[ids].add(rows)
-  return dx.astype(x.dtype), dw_t.T.astype(w.dtype), None
-
-
-_row_candidate_scores.defvjp(_row_candidate_scores_fwd,
-                             _row_candidate_scores_bwd)
+  return _gather.gathered_scores(x, w, b, ids, acc)
 
 
 def _broadcast_rows(a, batch):
