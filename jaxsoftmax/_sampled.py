@@ -64,16 +64,7 @@ def _check_inputs(x, w, b, labels, sampler, num_samples, weights,
     )
   v.check_integer("labels", labels)
   v.check_same_shape("labels", labels, x.shape[:1], "[batch]")
-  if not isinstance(sampler, _samplers.Sampler):
-    raise TypeError(
-        "sampler must be a jaxsoftmax.samplers.Sampler (e.g."
-        f" samplers.log_uniform(K)); got {type(sampler).__name__}."
-    )
-  if sampler.num_classes != num_classes:
-    raise ValueError(
-        f"sampler draws from {sampler.num_classes} classes but w has"
-        f" {num_classes} (shape {w.shape})."
-    )
+  _check_sampler(sampler, w)
   _samplers._check_num_samples(num_samples)
   v.check_reduction(reduction)
   v.check_ignore_index(ignore_index)
@@ -89,6 +80,20 @@ def _check_inputs(x, w, b, labels, sampler, num_samples, weights,
     v.check_nonnegative("weights", weights)
     weights = weights.astype(acc)
   return x, w, b, labels, weights
+
+
+def _check_sampler(sampler, w):
+  """Raises unless ``sampler`` is a Sampler over ``w``'s ``K`` columns."""
+  if not isinstance(sampler, _samplers.Sampler):
+    raise TypeError(
+        "sampler must be a jaxsoftmax.samplers.Sampler (e.g."
+        f" samplers.log_uniform(K)); got {type(sampler).__name__}."
+    )
+  if sampler.num_classes != w.shape[1]:
+    raise ValueError(
+        f"sampler draws from {sampler.num_classes} classes but w has"
+        f" {w.shape[1]} (shape {w.shape})."
+    )
 
 
 def _check_bool(name, value):

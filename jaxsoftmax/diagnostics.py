@@ -104,19 +104,6 @@ class GradientBias(NamedTuple):
   cosine: jax.Array
 
 
-def _check_sampler(sampler, num_classes: int, w: jax.Array) -> None:
-  if not isinstance(sampler, _samplers.Sampler):
-    raise TypeError(
-        "sampler must be a jaxsoftmax.samplers.Sampler (e.g."
-        f" samplers.uniform(K)); got {type(sampler).__name__}."
-    )
-  if sampler.num_classes != num_classes:
-    raise ValueError(
-        f"sampler draws from {sampler.num_classes} classes but w has"
-        f" {num_classes} (shape {w.shape})."
-    )
-
-
 def _check_model(name: str, layout: str, x, w, b, sampler):
   """Validates ``x`` (``[rows, d]``), ``w``, ``b`` and the sampler's size."""
   x, w, b = jnp.asarray(x), jnp.asarray(w), jnp.asarray(b)
@@ -131,7 +118,7 @@ def _check_model(name: str, layout: str, x, w, b, sampler):
         f"{name} must have {w.shape[0]} features to match w of shape"
         f" {w.shape}; got {name} of shape {x.shape}."
     )
-  _check_sampler(sampler, w.shape[1], w)
+  _sampled._check_sampler(sampler, w)
   return x, w, b
 
 
