@@ -243,7 +243,7 @@ def _resolve_options(method: str, options: dict[str, Any]) -> dict[str, Any]:
     v.check_positive_int("num_codewords", resolved["num_codewords"])
   if resolved.get("refresh_every") is not None:
     v.check_positive_int("refresh_every", resolved["refresh_every"])
-  if resolved.get("shared") not in (None, True, False):
+  if not isinstance(resolved.get("shared"), (bool, type(None))):
     raise TypeError(
         f"shared must be None (the sampler's default), True or False; got"
         f" {resolved['shared']!r}.")
