@@ -98,7 +98,7 @@ def proposal(head: lv.LargeSoftmaxHead, name: str, counts, key,
   For a ``_shared`` run this is each row's own proposal; the set it trains
   with is drawn from their mixture over the batch.
   """
-  w, b = head.w[...], head.b[...]
+  w, b = head.w[...].T, head.b[...]  # the head is class-major
   name = name.removesuffix("_shared")
   if name == "uniform":
     return samplers.uniform(w.shape[1])
@@ -116,7 +116,7 @@ def measure(model, head, name, corpus, args, key,
   ids, labels = probe_rows(corpus, args.probe)
   x = model(ids)
   sampler = proposal(head, name, corpus.counts, key, codewords)
-  w, b = head.w[...], head.b[...]
+  w, b = head.w[...].T, head.b[...]  # the head is class-major
   div = diagnostics.proposal_divergence(sampler, x, w, b)
   ess = diagnostics.importance_ess(sampler, x, w, b)
   rows = slice(0, args.gradient_rows)

@@ -12,6 +12,7 @@ from jaxsoftmax import metrics as metrics
 from jaxsoftmax import model_selection as model_selection
 from jaxsoftmax import nn as nn
 from jaxsoftmax import sharded as sharded
+from jaxsoftmax import sparse as sparse
 from jaxsoftmax import reporting as reporting
 from jaxsoftmax import samplers as samplers
 from jaxsoftmax._augment import mixup as mixup

@@ -504,6 +504,16 @@ def _check_x(x: ArrayLike) -> jax.Array:
 
 
 def _check_matrix(name, w, num_features, columns, what):
+  """A dense ``[d, columns]`` array, or a Rows view of a class-major table."""
+  if isinstance(w, _gather.Rows):
+    shape = _gather.table_shape(name, w, 2)
+    rows = columns if w.ids is None else shape[0]
+    if shape != (rows, num_features):
+      raise ValueError(
+          f"{name} is a Rows view of a class-major table, so {name}.values"
+          f" must be [rows, num_features] = [{rows}, {num_features}]"
+          f" ({what}, transposed); got {shape}.")
+    return w
   w = jnp.asarray(w)
   v.check_floating(name, w)
   v.check_same_shape(name, w, (num_features, columns), what)
@@ -511,6 +521,12 @@ def _check_matrix(name, w, num_features, columns, what):
 
 
 def _check_vector(name, b, size, what):
+  """A dense ``[size]`` array, or a Rows view of one."""
+  if isinstance(b, _gather.Rows):
+    shape = _gather.table_shape(name, b, 1)
+    if b.ids is None and shape != (size,):
+      raise ValueError(f"{name}.values must be {what}; got shape {shape}.")
+    return b
   b = jnp.asarray(b)
   v.check_floating(name, b)
   v.check_same_shape(name, b, (size,), what)
@@ -569,6 +585,7 @@ def _check_weights(weights, batch, dtype):
 
 
 def _acc_dtype(*arrays):
+  arrays = [a.values if isinstance(a, _gather.Rows) else a for a in arrays]
   return _numerics.accumulation_dtype(jnp.result_type(*arrays))
 
 
@@ -720,6 +737,8 @@ def hierarchical_log_probs(
   """
   x = _check_x(x)
   node_w, node_b = _check_node_params(x, node_w, node_b, tree)
+  node_w = _gather.dense("node_w", node_w)
+  node_b = _gather.dense("node_b", node_b)
   acc = _acc_dtype(x, node_w)
   init = jnp.zeros((x.shape[0], tree.num_classes), acc)
   if tree.num_nodes == 0:
@@ -811,6 +830,8 @@ def class_based_softmax_loss(
   """
   x = _check_x(x)
   cluster_w, cluster_b, w, b = _check_class_params(x, params, clusters)
+  cluster_w = _gather.dense("params['cluster_w']", cluster_w)
+  cluster_b = _gather.dense("params['cluster_b']", cluster_b)
   v.check_reduction(reduction)
   num_classes = clusters.num_classes
   labels = _check_labels(labels, x.shape[0], num_classes, ignore_index)
@@ -883,6 +904,7 @@ def class_based_log_probs(
   """
   x = _check_x(x)
   cluster_w, cluster_b, w, b = _check_class_params(x, params, clusters)
+  w, b = _gather.dense("params['w']", w), _gather.dense("params['b']", b)
   acc = _acc_dtype(x, cluster_w, w)
   z = jnp.matmul(x, cluster_w, preferred_element_type=acc)
   z = z + cluster_b.astype(acc)[None, :]

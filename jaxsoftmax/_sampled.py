@@ -45,32 +45,44 @@ from jaxsoftmax import samplers as _samplers
 
 def _check_inputs(x, w, b, labels, sampler, num_samples, weights,
                   ignore_index, reduction):
-  """Validates the shared arguments; returns arrays and the row weights."""
+  """Validates the shared arguments; returns arrays and the row weights.
+
+  ``w`` and ``b`` may be dense (``[d, K]``, ``[K]``) or
+  :class:`~jaxsoftmax.sparse.Rows` views of class-major tables (``[n, d]``,
+  ``[n]`` rows); a view's ``K`` is the sampler's.
+  """
   x = jnp.asarray(x)
-  w = jnp.asarray(w)
-  b = jnp.asarray(b)
   labels = jnp.asarray(labels)
   v.check_floating("x", x)
   v.check_rank("x", x, 2, "[batch, num_features]")
-  v.check_floating("w", w)
-  v.check_rank("w", w, 2, "[num_features, num_classes]")
-  v.check_floating("b", b)
-  num_classes = w.shape[1]
-  v.check_same_shape("b", b, (num_classes,), "[num_classes], as w's columns")
-  if x.shape[1] != w.shape[0]:
+  w, b = _as_table(w), _as_table(b)
+  _check_sampler(sampler)
+  num_classes = sampler.num_classes
+  if isinstance(w, _gather.Rows):
+    num_features = _gather.table_shape("w", w, 2)[1]
+  else:
+    v.check_floating("w", w)
+    v.check_rank("w", w, 2, "[num_features, num_classes]")
+    _check_sampler(sampler, w)
+    num_features = w.shape[0]
+  if isinstance(b, _gather.Rows):
+    _gather.table_shape("b", b, 1)
+  else:
+    v.check_floating("b", b)
+    v.check_same_shape("b", b, (num_classes,), "[num_classes], as w's columns")
+  if x.shape[1] != num_features:
     raise ValueError(
-        f"x must have {w.shape[0]} features to match w of shape {w.shape};"
-        f" got x of shape {x.shape}."
+        f"x must have {num_features} features to match w of shape"
+        f" {_gather.table_shape('w', w, 2)}; got x of shape {x.shape}."
     )
   v.check_integer("labels", labels)
   v.check_same_shape("labels", labels, x.shape[:1], "[batch]")
-  _check_sampler(sampler, w)
   _samplers._check_num_samples(num_samples)
   v.check_reduction(reduction)
   v.check_ignore_index(ignore_index)
   v.check_labels_in_range("labels", labels, num_classes, ignore_index)
   v.check_finite("x", x)
-  acc = _numerics.accumulation_dtype(jnp.result_type(x, w, b))
+  acc = _accumulation(x, w, b)
   if weights is None:
     weights = jnp.ones(labels.shape, acc)
   else:
@@ -82,14 +94,23 @@ def _check_inputs(x, w, b, labels, sampler, num_samples, weights,
   return x, w, b, labels, weights
 
 
-def _check_sampler(sampler, w):
-  """Raises unless ``sampler`` is a Sampler over ``w``'s ``K`` columns."""
+def _as_table(w):
+  return w if isinstance(w, _gather.Rows) else jnp.asarray(w)
+
+
+def _accumulation(x, w, b):
+  values = [t.values if isinstance(t, _gather.Rows) else t for t in (w, b)]
+  return _numerics.accumulation_dtype(jnp.result_type(x, *values))
+
+
+def _check_sampler(sampler, w=None):
+  """Raises unless ``sampler`` is a Sampler (over ``w``'s ``K`` columns)."""
   if not isinstance(sampler, _samplers.Sampler):
     raise TypeError(
         "sampler must be a jaxsoftmax.samplers.Sampler (e.g."
         f" samplers.log_uniform(K)); got {type(sampler).__name__}."
     )
-  if sampler.num_classes != w.shape[1]:
+  if w is not None and sampler.num_classes != w.shape[1]:
     raise ValueError(
         f"sampler draws from {sampler.num_classes} classes but w has"
         f" {w.shape[1]} (shape {w.shape})."
@@ -118,13 +139,6 @@ def _nan_if_out_of_range(in_range, valid, dtype):
   to the constant branch and report a finite gradient).
   """
   return jnp.where(in_range | ~valid, 0, jnp.nan).astype(dtype)
-
-
-def _true_logits(x, w, b, safe_labels, acc):
-  """``[B]`` logits of each row's label: x_i . w[:, y_i] + b[y_i]."""
-  w_y = jnp.take(w, safe_labels, axis=1)
-  s = jnp.einsum("bd,db->b", x, w_y, preferred_element_type=acc)
-  return s + b[safe_labels].astype(acc)
 
 
 def _candidates(key, x, sampler, num_samples, shared, replace,
@@ -174,10 +188,9 @@ def _mixture_log_prob(sampler, x, ids):
 
 
 def _candidate_logits(x, w, b, ids, acc):
-  """``[B, m]`` logits of the candidates, gathering only their columns."""
+  """``[B, m]`` logits of the candidates, gathering only their rows."""
   if ids.ndim == 1:
-    s = jnp.matmul(x, jnp.take(w, ids, axis=1), preferred_element_type=acc)
-    return s + b[ids].astype(acc)[None, :]
+    return _gather.row_scores(x, w, b, ids, acc)
   return _gather.gathered_scores(x, w, b, ids, acc)
 
 
@@ -283,8 +296,8 @@ def sampled_softmax_loss(
   _check_bool("remove_accidental_hits", remove_accidental_hits)
   _check_bool("shared", shared)
   _check_bool("replace", replace)
-  acc = _numerics.accumulation_dtype(jnp.result_type(x, w, b))
-  batch, num_classes = x.shape[0], w.shape[1]
+  acc = _accumulation(x, w, b)
+  batch, num_classes = x.shape[0], sampler.num_classes
   valid, in_range, safe = _rows(labels, num_classes, ignore_index)
   ids, log_count, filled = _candidates(
       key, x, sampler, num_samples, shared, replace, max_draws)
@@ -294,7 +307,7 @@ def sampled_softmax_loss(
   s = _candidate_logits(x, w, b, ids, acc)
   corrected = s - _broadcast_rows(log_count, batch).astype(acc)
   logits = jnp.concatenate(
-      [_true_logits(x, w, b, safe, acc)[:, None],
+      [_gather.label_scores(x, w, b, safe, acc)[:, None],
        jnp.where(keep, corrected, -jnp.inf)], axis=1)
   # The label sits at column 0. Ignored rows use -1 (no clash with a caller's
   # ignore_index in [0, m]); an out-of-range label under jit points past the
@@ -396,8 +409,8 @@ def nce_loss(
       x, w, b, labels, sampler, num_samples, weights, ignore_index, reduction)
   _check_bool("remove_accidental_hits", remove_accidental_hits)
   _check_bool("shared", shared)
-  acc = _numerics.accumulation_dtype(jnp.result_type(x, w, b))
-  batch, num_classes = x.shape[0], w.shape[1]
+  acc = _accumulation(x, w, b)
+  batch, num_classes = x.shape[0], sampler.num_classes
   valid, in_range, safe = _rows(labels, num_classes, ignore_index)
   ids, log_count, keep = _candidates(key, x, sampler, num_samples, shared,
                                      replace=True)
@@ -411,7 +424,7 @@ def nce_loss(
   else:
     log_q_y = sampler.log_prob(None, safe)
   log_count_y = jax.lax.stop_gradient(log_q_y) + math.log(num_samples)
-  true_logit = (_true_logits(x, w, b, safe, acc) - log_count_y.astype(acc)
+  true_logit = (_gather.label_scores(x, w, b, safe, acc) - log_count_y.astype(acc)
                 + _nan_if_out_of_range(in_range, valid, acc))
   cand = (_candidate_logits(x, w, b, ids, acc)
           - _broadcast_rows(log_count, batch).astype(acc))
@@ -492,15 +505,15 @@ def negative_sampling_loss(
   _check_bool("remove_accidental_hits", remove_accidental_hits)
   _check_bool("shared", shared)
   _check_bool("replace", replace)
-  acc = _numerics.accumulation_dtype(jnp.result_type(x, w, b))
-  batch, num_classes = x.shape[0], w.shape[1]
+  acc = _accumulation(x, w, b)
+  batch, num_classes = x.shape[0], sampler.num_classes
   valid, in_range, safe = _rows(labels, num_classes, ignore_index)
   ids, _, keep = _candidates(key, x, sampler, num_samples, shared, replace,
                              max_draws)
   keep = _broadcast_rows(keep, batch)
   if remove_accidental_hits:
     keep &= _broadcast_rows(ids, batch) != labels[:, None]
-  true_logit = (_true_logits(x, w, b, safe, acc)
+  true_logit = (_gather.label_scores(x, w, b, safe, acc)
                 + _nan_if_out_of_range(in_range, valid, acc))
   cand = _candidate_logits(x, w, b, ids, acc)
   return _logistic_rows(true_logit, cand, jnp.ones((batch,), bool), keep,

@@ -58,7 +58,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from flax import nnx
 import jax
@@ -68,6 +68,7 @@ import numpy as np
 import optax
 
 from jaxsoftmax import _fused
+from jaxsoftmax import _gather
 from jaxsoftmax import _hierarchical
 from jaxsoftmax import _models
 from jaxsoftmax import _numerics
@@ -76,6 +77,7 @@ from jaxsoftmax import _sampled
 from jaxsoftmax import _validation as v
 from jaxsoftmax import reporting
 from jaxsoftmax import samplers as _samplers
+from jaxsoftmax import sparse
 
 __all__ = [
     "METHODS",
@@ -114,6 +116,11 @@ _OPTIONS: dict[str, dict[str, Any]] = {
     "class_based": {"num_clusters": None},
 }
 _W_BASED = ("full", "sampled", "nce", "negative_sampling")
+_ROW_PARAMS = {"full": (), "sampled": ("w", "b"), "nce": ("w", "b"),
+               "negative_sampling": ("w", "b"),
+               "hierarchical_huffman": ("node_w", "node_b"),
+               "hierarchical_balanced": ("node_w", "node_b"),
+               "class_based": ("w", "b")}
 _ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "tanh": jnp.tanh,
     "relu": jax.nn.relu,
@@ -212,7 +219,18 @@ class ContextModel(nnx.Module):
           f" context); got {ids.shape}."
       )
     v.check_labels_in_range("ids", ids, self.vocab_size)
-    e = self.embed(ids)
+    return self.encode(self.embed(ids))
+
+  def encode(self, embeddings: jax.Array) -> jax.Array:
+    """Features ``[batch, hidden_dim]`` of the context's embedding rows.
+
+    What :meth:`__call__` computes after its lookup, for a step that
+    gathers the rows itself (:func:`train_step`'s row-sparse updates).
+
+    Args:
+      embeddings: ``[batch, context, embed_dim]``.
+    """
+    e = embeddings
     if self.combine == "concat":
       e = e.reshape(e.shape[0], -1)
     else:
@@ -278,6 +296,7 @@ def _check_counts(counts: Any, num_classes: int, method: str,
 def _make_sampler(name: str, counts: np.ndarray | None, opts: dict[str, Any],
                   w: jax.Array, b: jax.Array, key: jax.Array
                   ) -> _samplers.Sampler:
+  """The proposal ``name``; ``w`` is feature-major ``[d, K]``, as MIDX's."""
   num_classes = w.shape[1]
   if name == "uniform":
     return _samplers.uniform(num_classes)
@@ -295,19 +314,27 @@ def _make_sampler(name: str, counts: np.ndarray | None, opts: dict[str, Any],
 class LargeSoftmaxHead(nnx.Module):
   r"""The output layer over ``num_classes`` words, trained one of seven ways.
 
-  The parameters depend on ``method``:
+  The parameters depend on ``method``; every per-class table is stored
+  class-major, one row per class, so that a step touching a few classes
+  reads and writes contiguous rows (:mod:`jaxsoftmax.sparse`), as fastText,
+  word2vec and TensorFlow's embedding tables do:
 
   - ``"full"``, ``"sampled"``, ``"nce"``, ``"negative_sampling"``: ``w``
-    ``[d, K]`` (LeCun normal) and ``b`` ``[K]`` (zeros), scores
-    :math:`s = x^\top w + b`, plus the proposal ``sampler`` for the last
-    three;
+    ``[K, d]`` (LeCun normal) and ``b`` ``[K]`` (zeros), scores
+    :math:`s_k = x^\top w_k + b_k`, plus the proposal ``sampler`` for the
+    last three;
   - ``"hierarchical_huffman"`` / ``"hierarchical_balanced"``: ``node_w``
-    ``[d, K - 1]`` and ``node_b`` ``[K - 1]``, one logistic classifier per
+    ``[K - 1, d]`` and ``node_b`` ``[K - 1]``, one logistic classifier per
     internal node of the ``tree`` (:func:`~jaxsoftmax.huffman_tree` of the
     counts, or :func:`~jaxsoftmax.balanced_tree`);
-  - ``"class_based"``: ``cluster_w`` ``[d, C]``, ``cluster_b`` ``[C]``,
-    ``w`` ``[d, K]``, ``b`` ``[K]`` and the ``clusters``
-    (:func:`~jaxsoftmax.frequency_clusters` of the counts).
+  - ``"class_based"``: ``cluster_w`` ``[d, C]``, ``cluster_b`` ``[C]``
+    (updated densely: every step reads them all), ``w`` ``[K, d]``, ``b``
+    ``[K]`` and the ``clusters`` (:func:`~jaxsoftmax.frequency_clusters` of
+    the counts).
+
+  The library's functional losses take ``w`` feature-major (``[d, K]``);
+  the head passes its tables as :class:`jaxsoftmax.sparse.Rows` views,
+  which those losses accept in its place.
 
   Trees, clusters and samplers are built once, on the host, and stored as
   non-trainable data (``nnx.data``), so they travel with the module through
@@ -354,7 +381,7 @@ class LargeSoftmaxHead(nnx.Module):
     >>> head = LargeSoftmaxHead(8, 50, method="sampled", num_samples=16,
     ...                         rngs=nnx.Rngs(0))
     >>> head.w.shape, head.sampler.num_classes
-    ((8, 50), 50)
+    ((50, 8), 50)
     >>> lp = head.log_probs(jnp.ones((4, 8)))  # the full softmax of x w + b
     >>> lp.shape, bool(jnp.allclose(jnp.exp(lp).sum(axis=1), 1, rtol=1e-5))
     ((4, 50), True)
@@ -392,14 +419,16 @@ class LargeSoftmaxHead(nnx.Module):
     # A tuple, not a dict: static attributes end up in the hashable graphdef.
     self._options = tuple(sorted(opts.items()))
     key = rngs.params()
+    # Class-major tables ([K, d]): a step that touches a few classes reads
+    # and writes contiguous rows (see jaxsoftmax.sparse).
     if method in _W_BASED:
       params = _models.linear_init(key, num_features, num_classes,
                                    dtype=param_dtype)
-      self.w = nnx.Param(params["w"])
+      self.w = nnx.Param(params["w"].T)
       self.b = nnx.Param(params["b"])
       if "sampler" in opts:
         self.sampler = nnx.data(_make_sampler(
-            opts["sampler"], counts, opts, self.w[...], self.b[...],
+            opts["sampler"], counts, opts, params["w"], params["b"],
             rngs.params()))
     elif method.startswith("hierarchical"):
       tree = (_hierarchical.huffman_tree(counts)
@@ -408,7 +437,7 @@ class LargeSoftmaxHead(nnx.Module):
       params = _hierarchical.hierarchical_init(key, num_features, tree,
                                                dtype=param_dtype)
       self.tree = nnx.data(tree)
-      self.node_w = nnx.Param(params["w"])
+      self.node_w = nnx.Param(params["w"].T)
       self.node_b = nnx.Param(params["b"])
     else:
       clusters = _hierarchical.frequency_clusters(counts, opts["num_clusters"])
@@ -417,7 +446,7 @@ class LargeSoftmaxHead(nnx.Module):
       self.clusters = nnx.data(clusters)
       self.cluster_w = nnx.Param(params["cluster_w"])
       self.cluster_b = nnx.Param(params["cluster_b"])
-      self.w = nnx.Param(params["w"])
+      self.w = nnx.Param(params["w"].T)
       self.b = nnx.Param(params["b"])
 
   @property
@@ -438,7 +467,8 @@ class LargeSoftmaxHead(nnx.Module):
     jit-safe. A no-op for the static samplers and the other methods.
     """
     if self.adaptive:
-      self.sampler = nnx.data(self.sampler.refresh(self.w[...], self.b[...]))
+      self.sampler = nnx.data(self.sampler.refresh(self.w[...].T,
+                                                   self.b[...]))
 
   def _check_features(self, features: ArrayLike) -> jax.Array:
     x = jnp.asarray(features)
@@ -451,9 +481,95 @@ class LargeSoftmaxHead(nnx.Module):
       )
     return x
 
-  def _class_params(self) -> dict[str, jax.Array]:
-    return {"cluster_w": self.cluster_w[...], "cluster_b": self.cluster_b[...],
-            "w": self.w[...], "b": self.b[...]}
+  @property
+  def row_params(self) -> tuple[str, ...]:
+    """The class-major tables a training step reads only a few rows of.
+
+    ``("w", "b")`` for the sampled heads and ``"class_based"``,
+    ``("node_w", "node_b")`` for the trees, none for ``"full"``. A step
+    gathers the rows :meth:`rows_used` names from each, as
+    :class:`jaxsoftmax.sparse.Rows` views, and hands them to :meth:`loss`.
+    """
+    return _ROW_PARAMS[self.method]
+
+  def _tables(self, tables: dict[str, Any] | None) -> dict[str, Any]:
+    """Every table the loss reads: whole-table views, replaced by ``tables``."""
+    own = {name: _gather.Rows(None, getattr(self, name)[...])
+           for name in self.row_params}
+    if tables is not None:
+      unknown = sorted(set(tables) - set(own))
+      if unknown:
+        raise ValueError(
+            f"tables may replace {sorted(own)} of method={self.method!r};"
+            f" got {unknown}.")
+      bad = [name for name, t in tables.items()
+             if not isinstance(t, _gather.Rows)]
+      if bad:
+        raise TypeError(f"tables must map names to jaxsoftmax.sparse.Rows"
+                        f" views; got other values for {bad}.")
+      own.update(tables)
+    return own
+
+  def _check_key(self, key: jax.Array | None) -> None:
+    if key is None:
+      raise ValueError(
+          f"method={self.method!r} draws candidates: pass"
+          " key=jax.random.key(...) to loss(); got key=None.")
+    v.check_prng_key("key", key)
+
+  def _sampler_now(self) -> _samplers.Sampler:
+    """The proposal of this step: MIDX-exact scores residuals with the
+    current ``w``, which keeps q = p exactly between index refreshes."""
+    sampler = self.sampler
+    if self.adaptive and sampler.mode == "exact":
+      sampler = dataclasses.replace(sampler, w=self.w[...].T, b=self.b[...])
+    return sampler
+
+  def _shared(self, sampler: _samplers.Sampler) -> bool:
+    shared = self.options["shared"]
+    return not sampler.query_dependent if shared is None else shared
+
+  def rows_used(
+      self,
+      features: ArrayLike,
+      labels: ArrayLike,
+      *,
+      key: jax.Array | None = None,
+  ) -> jax.Array | None:
+    r"""The rows of :attr:`row_params` that :meth:`loss` reads, with repeats.
+
+    The labels and the candidates that ``key`` draws (the same ones
+    :meth:`loss` draws with that key) for the sampled heads, the path nodes
+    of the labels for the trees, the members of the labels' clusters for
+    ``"class_based"``; None for ``"full"``. Gather them with
+    :func:`jaxsoftmax.sparse.gather` (the step cost is then independent of
+    :math:`K`); the candidates depend on ``features`` only for a
+    query-dependent (MIDX) proposal, and never through its gradient.
+
+    Args:
+      features: ``[batch, num_features]``.
+      labels: ``[batch]`` integer classes.
+      key: the key :meth:`loss` will get.
+
+    Returns:
+      An integer array of ids (any shape), or None.
+    """
+    x = jax.lax.stop_gradient(self._check_features(features))
+    labels = jnp.asarray(labels)
+    method = self.method
+    if method in ("sampled", "nce", "negative_sampling"):
+      self._check_key(key)
+      sampler = self._sampler_now()
+      ids, _, _ = _sampled._candidates(
+          key, x, sampler, self.options["num_samples"], self._shared(sampler),
+          replace=True)
+      return jnp.concatenate([labels.reshape(-1), ids.reshape(-1)])
+    if method.startswith("hierarchical"):
+      return jnp.take(self.tree.nodes, labels, axis=0, mode="clip")
+    if method == "class_based":
+      cluster = jnp.take(self.clusters.cluster, labels, mode="clip")
+      return jnp.take(self.clusters.members, cluster, axis=0)
+    return None
 
   def loss(
       self,
@@ -461,6 +577,7 @@ class LargeSoftmaxHead(nnx.Module):
       labels: ArrayLike,
       *,
       key: jax.Array | None = None,
+      tables: dict[str, Any] | None = None,
   ) -> jax.Array:
     r"""The method's training loss, a mean over the batch.
 
@@ -478,40 +595,49 @@ class LargeSoftmaxHead(nnx.Module):
       key: a ``jax.random`` key for the candidates; required by
         ``"sampled"``, ``"nce"`` and ``"negative_sampling"``, ignored by the
         others.
+      tables: optional :class:`jaxsoftmax.sparse.Rows` views replacing some
+        of :attr:`row_params` (the rows :meth:`rows_used` names, gathered
+        with :func:`jaxsoftmax.sparse.gather`); the gradient with respect to
+        a view's values is then those rows of the dense gradient.
 
     Returns:
       A scalar (float32 for half-precision inputs).
     """
     x = self._check_features(features)
+    tables = self._tables(tables)
     method, opts = self.method, self.options
     if method == "full":
       return _fused.fused_linear_cross_entropy(
-          x, self.w[...], self.b[...], labels, chunk_size=opts["chunk_size"])
+          x, self.w[...].T, self.b[...], labels,
+          chunk_size=opts["chunk_size"])
     if method in ("sampled", "nce", "negative_sampling"):
-      if key is None:
-        raise ValueError(
-            f"method={method!r} draws candidates: pass key=jax.random.key(...)"
-            " to loss(); got key=None."
-        )
-      v.check_prng_key("key", key)
-      sampler = self.sampler
-      if self.adaptive and sampler.mode == "exact":
-        # MIDX-exact scores residuals with w: the current one keeps q = p
-        # exactly between index refreshes (any codebook decomposes exactly).
-        sampler = dataclasses.replace(sampler, w=self.w[...], b=self.b[...])
-      shared = opts["shared"]
-      if shared is None:
-        shared = not sampler.query_dependent
+      self._check_key(key)
+      sampler = self._sampler_now()
       common = dict(sampler=sampler, num_samples=opts["num_samples"],
-                    shared=shared)
+                    shared=self._shared(sampler))
+      w, b = tables["w"], tables["b"]
       if method == "sampled":
         return _sampled.sampled_softmax_loss(
-            key, x, self.w[...], self.b[...], labels,
+            key, x, w, b, labels,
             remove_accidental_hits=opts["remove_accidental_hits"], **common)
       fn = (_sampled.nce_loss if method == "nce"
             else _sampled.negative_sampling_loss)
-      return fn(key, x, self.w[...], self.b[...], labels, **common)
-    return jnp.mean(self.nll(x, labels))
+      return fn(key, x, w, b, labels, **common)
+    return jnp.mean(self._nll(x, labels, tables))
+
+  def _nll(self, x, labels, tables):
+    if self.method in _W_BASED:
+      return _fused.fused_linear_cross_entropy(
+          x, self.w[...].T, self.b[...], labels,
+          chunk_size=self.options["chunk_size"], reduction="none")
+    if self.method == "class_based":
+      params = {"cluster_w": self.cluster_w[...],
+                "cluster_b": self.cluster_b[...], **tables}
+      return _hierarchical.class_based_softmax_loss(
+          x, params, labels, self.clusters, reduction="none")
+    return _hierarchical.hierarchical_softmax_loss(
+        x, tables["node_w"], labels, self.tree, node_b=tables["node_b"],
+        reduction="none")
 
   def nll(self, features: ArrayLike, labels: ArrayLike) -> jax.Array:
     r"""Exact per-example negative log-likelihood :math:`-\log P(y_i \mid x_i)`.
@@ -527,17 +653,8 @@ class LargeSoftmaxHead(nnx.Module):
     Returns:
       ``[batch]``, equal to ``-log_probs(features)[i, labels[i]]``.
     """
-    x = self._check_features(features)
-    if self.method in _W_BASED:
-      return _fused.fused_linear_cross_entropy(
-          x, self.w[...], self.b[...], labels,
-          chunk_size=self.options["chunk_size"], reduction="none")
-    if self.method == "class_based":
-      return _hierarchical.class_based_softmax_loss(
-          x, self._class_params(), labels, self.clusters, reduction="none")
-    return _hierarchical.hierarchical_softmax_loss(
-        x, self.node_w[...], labels, self.tree, node_b=self.node_b[...],
-        reduction="none")
+    return self._nll(self._check_features(features), labels,
+                     self._tables(None))
 
   def log_probs(self, features: ArrayLike) -> jax.Array:
     r"""Normalized log-probabilities of all ``K`` classes, for evaluation.
@@ -559,17 +676,19 @@ class LargeSoftmaxHead(nnx.Module):
       ``[batch, num_classes]``, in the accumulation dtype.
     """
     x = self._check_features(features)
+    tables = self._tables(None)
     if self.method in _W_BASED:
       w, b = self.w[...], self.b[...]
       acc = _numerics.accumulation_dtype(jnp.result_type(x, w))
-      s = jnp.matmul(x, w, preferred_element_type=acc)
+      s = jnp.einsum("bd,kd->bk", x, w, preferred_element_type=acc)
       s = s + b.astype(acc)[None, :]
       return s - _numerics.logsumexp(s)[:, None]
     if self.method == "class_based":
-      return _hierarchical.class_based_log_probs(x, self._class_params(),
-                                                 self.clusters)
+      params = {"cluster_w": self.cluster_w[...],
+                "cluster_b": self.cluster_b[...], **tables}
+      return _hierarchical.class_based_log_probs(x, params, self.clusters)
     return _hierarchical.hierarchical_log_probs(
-        x, self.node_w[...], self.tree, node_b=self.node_b[...])
+        x, tables["node_w"], self.tree, node_b=tables["node_b"])
 
   def perplexity(
       self,
@@ -721,6 +840,7 @@ def train_step(
     optimizer: optax.GradientTransformation,
     *,
     batch_size: int,
+    dense_updates: bool = False,
 ) -> tuple[Callable[..., tuple[Any, jax.Array]], Any, Any]:
   r"""A pure training step for ``(model, head)`` and its initial state.
 
@@ -729,26 +849,40 @@ def train_step(
   training arrays (on the device, with ``fold_in(key, index)``, which also
   seeds the head's candidates), takes the gradient of
   :meth:`LargeSoftmaxHead.loss` with respect to every ``nnx.Param`` of the
-  model and the head, and applies ``optimizer`` through ``nnx.Optimizer``.
+  model and the head, and applies ``optimizer``.
 
-  The ``nnx.split`` of ``(model, head, optimizer)`` comes in two parts:
-  ``variables`` (parameters and optimizer moments, what a step changes, so
-  they can be donated: ``jax.jit(step, donate_argnums=0)``, as
-  :func:`train` does) and ``data`` (the head's tree, clusters or sampler
-  tables, constant). The training arrays are arguments, never closed over,
-  so they are not baked into the program. The step is also what to hand to
+  By default the update is **row-sparse**: the step gathers the rows of the
+  context's input embeddings and of the head's :attr:`~LargeSoftmaxHead.
+  row_params` that the batch uses (:meth:`LargeSoftmaxHead.rows_used`),
+  differentiates the loss with respect to those rows only, and applies
+  ``optimizer`` to them and to the dense parameters (the hidden layer, the
+  class-based cluster layer) through :func:`jaxsoftmax.sparse.apply_updates`,
+  so its cost does not grow with :math:`K`. That is exact for SGD and
+  Adagrad and makes Adam lazy (see :mod:`jaxsoftmax.sparse`).
+  ``dense_updates=True`` takes the gradient of every parameter as a dense
+  array and updates it with ``flax.nnx.Optimizer``: the reference the sparse
+  path is compared with, whose cost grows as :math:`O(Kd)`.
+
+  ``variables`` is what a step changes (parameters and optimizer state), so
+  it can be donated (``jax.jit(step, donate_argnums=0)``, as :func:`train`
+  does); ``data`` is the head's tree, clusters or sampler tables, constant.
+  The training arrays are arguments, never closed over, so they are not
+  baked into the program. The step is also what to hand to
   :func:`jaxsoftmax.reporting.compiled_memory`.
 
   Args:
     model_and_head: ``(ContextModel, LargeSoftmaxHead)``.
     optimizer: an Optax transformation, e.g. from
-      :func:`~jaxsoftmax.make_optimizer`.
+      :func:`~jaxsoftmax.make_optimizer`; with row-sparse updates its state
+      must hold per-parameter copies (every optimizer but the factored
+      ones).
     batch_size: rows per step.
+    dense_updates: use the dense gradients and update.
 
   Returns:
-    ``(step, variables, data)``. ``variables[0]`` and ``variables[1]`` are
-    the model's and the head's (``variables[2]`` the optimizer's):
-    ``nnx.update(model, variables[0])`` writes trained ones back.
+    ``(step, variables, data)``. ``variables[0]`` and ``variables[1]`` hold
+    the model's and the head's parameters (``variables[2]`` the optimizer
+    state): ``nnx.update(model, variables[0])`` writes trained ones back.
 
   Examples:
     >>> import optax
@@ -756,28 +890,49 @@ def train_step(
     >>> from jaxsoftmax.large_vocab import (ContextModel, LargeSoftmaxHead,
     ...                                     train_step)
     >>> pair = (ContextModel(20, 2, 4, 8, rngs=nnx.Rngs(0)),
-    ...         LargeSoftmaxHead(8, 20, method="full", rngs=nnx.Rngs(1)))
+    ...         LargeSoftmaxHead(8, 20, method="sampled", num_samples=4,
+    ...                          rngs=nnx.Rngs(1)))
     >>> step, variables, data = train_step(pair, optax.adam(1e-2),
     ...                                    batch_size=4)
-    >>> sorted(variables[1]), sorted(variables[2]["opt_state"][0])
-    (['b', 'w'], ['count', 'mu', 'nu'])
+    >>> sorted(variables[1]), variables[2][0].mu[1]["w"].shape
+    (['b', 'w'], (20, 8))
   """
   model, head = _check_pair(model_and_head)
   v.check_positive_int("batch_size", batch_size)
-  _, step, variables, data = _split_step(model, head, optimizer, batch_size)
-  return step, variables, data
+  if not isinstance(dense_updates, bool):
+    raise TypeError(f"dense_updates must be a bool; got {dense_updates!r}.")
+  built = (_dense_step if dense_updates else _row_step)(
+      model, head, optimizer, batch_size)
+  return built.fn, built.variables, built.data
 
 
-def _split_step(model, head, optimizer, batch_size):
-  """:func:`train_step` after validation, with the graphdef of the state."""
+class _Step(NamedTuple):
+  """A step with its state and how to read modules back from that state."""
+
+  fn: Callable[..., tuple[Any, jax.Array]]
+  variables: Any
+  data: Any
+  # (variables, data) -> (model, head)
+  modules: Callable[[Any, Any], tuple[ContextModel, LargeSoftmaxHead]]
+  # The data after (model, head) changed their non-trainable state.
+  split_data: Callable[[ContextModel, LargeSoftmaxHead, Any, Any], Any]
+
+
+def _batch(x_train, y_train, key, index, batch_size):
+  """The step's rows (with replacement) and the key of its candidates."""
+  k_batch, k_loss = jax.random.split(jax.random.fold_in(key, index))
+  rows = jax.random.randint(k_batch, (batch_size,), 0, y_train.shape[0])
+  return x_train[rows], y_train[rows], k_loss
+
+
+def _dense_step(model, head, optimizer, batch_size) -> _Step:
+  """Dense gradients of every parameter, updated by ``nnx.Optimizer``."""
   opt = nnx.Optimizer((model, head), optimizer, wrt=nnx.Param)
   graphdef, variables, data = nnx.split((model, head, opt), nnx.Variable, ...)
 
   def step(variables, data, x_train, y_train, key, index):
     model, head, opt = nnx.merge(graphdef, variables, data)
-    k_batch, k_loss = jax.random.split(jax.random.fold_in(key, index))
-    rows = jax.random.randint(k_batch, (batch_size,), 0, y_train.shape[0])
-    ids, labels = x_train[rows], y_train[rows]
+    ids, labels, k_loss = _batch(x_train, y_train, key, index, batch_size)
 
     def objective(model, head):
       return head.loss(model(ids), labels, key=k_loss)
@@ -786,7 +941,83 @@ def _split_step(model, head, optimizer, batch_size):
     opt.update((model, head), grads)
     return nnx.state((model, head, opt), nnx.Variable), loss
 
-  return graphdef, step, variables, data
+  def modules(variables, data):
+    return nnx.merge(graphdef, variables, data)[:2]
+
+  def split_data(model, head, variables, data):
+    opt = nnx.merge(graphdef, variables, data)[2]
+    return nnx.split((model, head, opt), nnx.Variable, ...)[2]
+
+  return _Step(step, variables, data, modules, split_data)
+
+
+def _gather_tables(tables: dict[str, jax.Array], ids: jax.Array
+                   ) -> dict[str, _gather.Rows]:
+  """Views of the same rows of several tables, deduplicated once."""
+  views = {}
+  for name, table in tables.items():
+    if not views:
+      views[name] = sparse.gather(table, ids)
+      uids = views[name].ids
+    else:
+      views[name] = _gather.Rows(
+          uids, jnp.take(table, uids, axis=0, mode="fill", fill_value=0))
+  return views
+
+
+def _row_step(model, head, optimizer, batch_size) -> _Step:
+  """Row-sparse gradients of the tables, updated in place by rows."""
+  graphdef, params, data = nnx.split((model, head), nnx.Param, ...)
+  params = nnx.to_pure_dict(params)
+  model_p, head_p = params[0], params[1]
+  variables = (model_p, head_p, optimizer.init((model_p, head_p)))
+  # Fail at build time, not inside the first traced step.
+  sparse.check_optimizer(optimizer, (model_p, head_p))
+
+  def merge(model_p, head_p, data):
+    return nnx.merge(graphdef, {0: model_p, 1: head_p}, data)
+
+  def step(variables, data, x_train, y_train, key, index):
+    model_p, head_p, opt_state = variables
+    ids, labels, k_loss = _batch(x_train, y_train, key, index, batch_size)
+    emb = sparse.gather(model_p["embed"]["embedding"], ids)
+    model_dense = {k: a for k, a in model_p.items() if k != "embed"}
+
+    def features(emb_values, model_dense):
+      model, _ = merge({**model_p, **model_dense}, head_p, data)
+      rows, _ = _gather.lookup(emb._replace(values=emb_values), ids)
+      return model.encode(rows)
+
+    x, pullback = jax.vjp(features, emb.values, model_dense)
+    _, head = merge(model_p, head_p, data)
+    views = _gather_tables({n: head_p[n] for n in head.row_params},
+                           head.rows_used(x, labels, key=k_loss))
+    head_dense = {k: a for k, a in head_p.items() if k not in views}
+
+    def objective(x, values, head_dense):
+      _, head = merge(model_p, {**head_p, **head_dense}, data)
+      tables = {n: views[n]._replace(values=values[n]) for n in views}
+      return head.loss(x, labels, key=k_loss, tables=tables)
+
+    loss, (g_x, g_rows, g_head) = jax.value_and_grad(
+        objective, argnums=(0, 1, 2))(
+            x, {n: r.values for n, r in views.items()}, head_dense)
+    g_emb, g_model = pullback(g_x)
+    grads = ({**g_model, "embed": {"embedding": emb._replace(values=g_emb)}},
+             {**g_head, **{n: views[n]._replace(values=g_rows[n])
+                           for n in views}})
+    (model_p, head_p), opt_state = sparse.apply_updates(
+        optimizer, grads, opt_state, (model_p, head_p))
+    return (model_p, head_p, opt_state), loss
+
+  def modules(variables, data):
+    return merge(variables[0], variables[1], data)
+
+  def split_data(model, head, variables, data):
+    del variables, data
+    return nnx.split((model, head), nnx.Param, ...)[2]
+
+  return _Step(step, variables, data, modules, split_data)
 
 
 def _eval_subset(corpus: Any, eval_examples: int | None) -> tuple[Any, Any]:
@@ -813,6 +1044,7 @@ def train(
     num_checkpoints: int = 4,
     eval_examples: int | None = 4096,
     eval_batch_size: int = 1024,
+    dense_updates: bool = False,
 ) -> TrainHistory:
   r"""Trains ``(model, head)`` on a text corpus for a wall-clock budget.
 
@@ -845,6 +1077,8 @@ def train(
     num_checkpoints: evaluations after the initial one.
     eval_examples: held-out rows to evaluate on, or None for all.
     eval_batch_size: rows per evaluation block.
+    dense_updates: dense gradients and updates instead of the row-sparse
+      ones (see :func:`train_step`), for comparison.
 
   Returns:
     A :class:`TrainHistory`.
@@ -898,20 +1132,23 @@ def train(
     optimizer = _optim.make_optimizer("adam", 2e-3)
 
   v.check_positive_int("batch_size", batch_size)
-  graphdef, step, variables, data = _split_step(model, head, optimizer,
-                                                batch_size)
+  if not isinstance(dense_updates, bool):
+    raise TypeError(f"dense_updates must be a bool; got {dense_updates!r}.")
+  built = (_dense_step if dense_updates else _row_step)(
+      model, head, optimizer, batch_size)
+  step, variables = built.fn, built.variables
   # The non-trainable data must not share buffers with the parameters the
   # step donates (a MIDX-exact index holds w itself).
-  data = jax.tree.map(jnp.copy, data)
+  data = jax.tree.map(jnp.copy, built.data)
 
   def evaluate(variables, data, ids, labels):
-    model, head, _ = nnx.merge(graphdef, variables, data)
+    model, head = built.modules(variables, data)
     return head.perplexity(model(ids), labels, batch_size=eval_batch_size)
 
   def refresh(variables, data):
-    model, head, opt = nnx.merge(graphdef, variables, data)
+    model, head = built.modules(variables, data)
     head.refresh_sampler()
-    return nnx.split((model, head, opt), nnx.Variable, ...)[2]
+    return built.split_data(model, head, variables, data)
 
   refresh_every = None
   if head.adaptive:
@@ -988,5 +1225,5 @@ def train(
     nnx.update(model, variables[0])
     nnx.update(head, variables[1])
     if rebuild is not None:
-      head.sampler = nnx.merge(graphdef, variables, data)[1].sampler
+      head.sampler = built.modules(variables, data)[1].sampler
   return history

@@ -206,7 +206,7 @@ def test_score_heads_evaluate_the_full_softmax_of_their_scores(
     heads, batch, results):
   x, _ = batch
   head = heads["nce"]
-  scores = x @ head.w[...] + head.b[...][None, :]
+  scores = x @ head.w[...].T + head.b[...][None, :]
   np.testing.assert_allclose(results["nce"]["log_probs"],
                              jax.nn.log_softmax(scores, axis=1), **F64)
 
@@ -223,12 +223,13 @@ def test_parameters_match_the_method():
     flat = nnx.to_flat_state(nnx.state(make_head(name), nnx.Param))
     return {path: variable.shape for path, variable in flat}
 
-  assert params("full") == {("w",): (D, K), ("b",): (K,)}
-  assert params("nce") == {("w",): (D, K), ("b",): (K,)}
-  assert params("hierarchical_huffman") == {("node_w",): (D, K - 1),
+  # Per-class tables are class-major; the cluster layer is dense.
+  assert params("full") == {("w",): (K, D), ("b",): (K,)}
+  assert params("nce") == {("w",): (K, D), ("b",): (K,)}
+  assert params("hierarchical_huffman") == {("node_w",): (K - 1, D),
                                             ("node_b",): (K - 1,)}
   assert params("class_based") == {
-      ("cluster_w",): (D, 4), ("cluster_b",): (4,), ("w",): (D, K),
+      ("cluster_w",): (D, 4), ("cluster_b",): (4,), ("w",): (K, D),
       ("b",): (K,)}
 
 
@@ -390,7 +391,7 @@ def test_midx_heads_train_and_refresh_their_index(corpus, sampler, shared):
   assert history.perplexity[-1] < history.perplexity[0]
   # The refreshed index is written back and follows the trained w.
   assert not np.allclose(head.sampler.codebook1, before)
-  fresh = head.sampler.refresh(head.w[...], head.b[...])
+  fresh = head.sampler.refresh(head.w[...].T, head.b[...])
   np.testing.assert_array_equal(np.sort(fresh.order), np.arange(V))
   x = model(jnp.asarray(corpus.x_test[:4]))
   loss = head.loss(x, jnp.asarray(corpus.y_test[:4]), key=jax.random.key(1))
@@ -417,7 +418,7 @@ def test_shared_option_picks_the_candidate_sets(corpus, sampler):
     losses[shared] = float(head.loss(x, y, key=key))
     if shared is not None:
       expected = sampled_softmax_loss(
-          key, x, head.w[...], head.b[...], y, sampler=head.sampler,
+          key, x, head.w[...].T, head.b[...], y, sampler=head.sampler,
           num_samples=4, shared=shared)
       assert losses[shared] == pytest.approx(float(expected), rel=1e-6)
   assert losses[None] == losses[sampler == "unigram"]
