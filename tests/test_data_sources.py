@@ -223,6 +223,24 @@ def test_fetch_is_a_no_op_when_files_verify(cache, monkeypatch, capsys):
   assert "already in" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("name", ["mnist", "fashion-mnist", "text"])
+def test_failed_fetch_names_the_dataset_and_the_command(cache, monkeypatch, name):
+  """Pins a fetch failure (make test runs three) -> exit naming the dataset, cause, command."""
+  source, _ = _fetch.FETCHERS[name]
+
+  def fail():
+    raise RuntimeError("`apt-get` is not installed")
+
+  monkeypatch.setitem(_fetch.FETCHERS, name, (source, fail))
+  with pytest.raises(SystemExit) as info:
+    _fetch.main([name])
+  message = str(info.value.code)
+  assert f"Could not fetch {source.title} into {cache}" in message
+  assert "RuntimeError: `apt-get` is not installed" in message
+  assert f"`make {source.make_target}`" in message
+  assert f"python -m jaxsoftmax._fetch {name}" in message
+
+
 def test_verified_deletes_a_corrupt_copy(tmp_path, capsys):
   """Pins a present file with the wrong hash -> deleted and reported as not verified."""
   good = _write(tmp_path / "good", b"good")
