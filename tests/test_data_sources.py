@@ -2,12 +2,14 @@
 
 Everything but the last section runs on synthetic files in a temporary cache
 (no network, no fetched data). The last section checks the real MNIST,
-Fashion-MNIST and GCIDE caches and skips when they have not been fetched.
+Fashion-MNIST and GCIDE caches and skips when they have not been fetched
+(`make test` fetches them first).
 """
 
 import functools
 import gzip
 import hashlib
+from pathlib import Path
 import re
 import struct
 
@@ -204,6 +206,13 @@ def test_fetch_tables_match_the_loaders():
   assert set(_fetch.FASHION_FILES) == set(data.FASHION_MNIST.files)
   assert set(_fetch.GCIDE_FILES) == set(data.GCIDE.files)
   assert set(_fetch.FETCHERS) == {"mnist", "fashion-mnist", "text"}
+
+
+def test_make_test_fetches_every_dataset():
+  """Pins `make test` depending on each fetch target, so a fresh machine skips no data test."""
+  makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+  prerequisites = re.search(r"^test:(.*)$", makefile, re.M).group(1).split()
+  assert {source.make_target for source, _ in _fetch.FETCHERS.values()} <= set(prerequisites)
 
 
 def test_fetch_is_a_no_op_when_files_verify(cache, monkeypatch, capsys):
