@@ -237,21 +237,37 @@ def fetch_text() -> Path:
   return directory
 
 
+# Command-line name -> (the dataset, its fetcher).
 FETCHERS = {
-    "mnist": fetch_mnist,
-    "fashion-mnist": fetch_fashion_mnist,
-    "text": fetch_text,
+    "mnist": (data.MNIST, fetch_mnist),
+    "fashion-mnist": (data.FASHION_MNIST, fetch_fashion_mnist),
+    "text": (data.GCIDE, fetch_text),
 }
 
 
 def main(argv: list[str] | None = None) -> None:
+  """Fetches one dataset; a failure exits naming it and the command to retry.
+
+  ``make test`` runs the three fetches in a row, so the last lines a newcomer
+  sees must say which dataset failed and how to fetch it alone.
+  """
   parser = argparse.ArgumentParser(
       prog="python -m jaxsoftmax._fetch", description=__doc__.splitlines()[0]
   )
   parser.add_argument("dataset", choices=sorted(FETCHERS))
   args = parser.parse_args(argv)
+  source, fetch = FETCHERS[args.dataset]
   start = time.perf_counter()
-  FETCHERS[args.dataset]()
+  try:
+    fetch()
+  except (OSError, RuntimeError, ValueError) as e:
+    raise SystemExit(
+        f"Could not fetch {source.title} into {source.directory()}:\n"
+        f"{type(e).__name__}: {e}\n"
+        f"Fix the cause above, then fetch {source.title} alone with"
+        f" `make {source.make_target}` (or `python -m jaxsoftmax._fetch"
+        f" {args.dataset}`)."
+    ) from e
   print(f"Done in {time.perf_counter() - start:.1f} s.")
 
 

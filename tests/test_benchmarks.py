@@ -88,7 +88,11 @@ def test_bench_inference_quick_runs_and_writes_results(tmp_path):
       # 16-bit rounding moves a logit by ~0.1-0.4%: few predictions flip.
       assert sizes[half]["predictions_changed"] < 0.02
     assert sizes["float32"]["accuracy_change_points"] == 0
-    assert sizes["float32"]["test_accuracy"] > 0.3
+    # About 0.86-0.96 after the quick run's 400 steps on MNIST or digits;
+    # chance is 0.1, and a too-short training run (one epoch of digits is
+    # 11 steps) lands near it.
+    assert sizes["float32"]["test_accuracy"] > 0.8, (
+        model, data["storage_dataset"], sizes["float32"]["test_accuracy"])
 
 
 def test_bench_sklearn_quick_runs_and_writes_results(tmp_path):

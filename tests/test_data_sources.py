@@ -2,12 +2,14 @@
 
 Everything but the last section runs on synthetic files in a temporary cache
 (no network, no fetched data). The last section checks the real MNIST,
-Fashion-MNIST and GCIDE caches and skips when they have not been fetched.
+Fashion-MNIST and GCIDE caches and skips when they have not been fetched
+(`make test` fetches them first).
 """
 
 import functools
 import gzip
 import hashlib
+from pathlib import Path
 import re
 import struct
 
@@ -206,6 +208,13 @@ def test_fetch_tables_match_the_loaders():
   assert set(_fetch.FETCHERS) == {"mnist", "fashion-mnist", "text"}
 
 
+def test_make_test_fetches_every_dataset():
+  """Pins `make test` depending on each fetch target, so a fresh machine skips no data test."""
+  makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+  prerequisites = re.search(r"^test:(.*)$", makefile, re.M).group(1).split()
+  assert {source.make_target for source, _ in _fetch.FETCHERS.values()} <= set(prerequisites)
+
+
 def test_fetch_is_a_no_op_when_files_verify(cache, monkeypatch, capsys):
   """Pins idempotence: verified files -> no download command is run."""
   _fake_mnist(cache / "mnist", data.MNIST)
@@ -221,6 +230,24 @@ def test_fetch_is_a_no_op_when_files_verify(cache, monkeypatch, capsys):
   monkeypatch.setattr(_fetch, "_run", no_download)
   assert _fetch.fetch_mnist() == cache / "mnist"
   assert "already in" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion-mnist", "text"])
+def test_failed_fetch_names_the_dataset_and_the_command(cache, monkeypatch, name):
+  """Pins a fetch failure (make test runs three) -> exit naming the dataset, cause, command."""
+  source, _ = _fetch.FETCHERS[name]
+
+  def fail():
+    raise RuntimeError("`apt-get` is not installed")
+
+  monkeypatch.setitem(_fetch.FETCHERS, name, (source, fail))
+  with pytest.raises(SystemExit) as info:
+    _fetch.main([name])
+  message = str(info.value.code)
+  assert f"Could not fetch {source.title} into {cache}" in message
+  assert "RuntimeError: `apt-get` is not installed" in message
+  assert f"`make {source.make_target}`" in message
+  assert f"python -m jaxsoftmax._fetch {name}" in message
 
 
 def test_verified_deletes_a_corrupt_copy(tmp_path, capsys):
