@@ -69,9 +69,20 @@ def _public_names(module):
   return names
 
 
+def _public_modules():
+  """PUBLIC_MODULES, plus any public submodule the package imports later."""
+  names = list(PUBLIC_MODULES)
+  package = importlib.import_module("jaxsoftmax")
+  for name in _public_names(package):
+    value = getattr(package, name)
+    if isinstance(value, types.ModuleType) and value.__name__ not in names:
+      names.append(value.__name__)
+  return names
+
+
 def _expected_ids():
   ids = set()
-  for module_name in PUBLIC_MODULES:
+  for module_name in _public_modules():
     module = importlib.import_module(module_name)
     ids.add(f"module-{module_name}")
     for name in _public_names(module):

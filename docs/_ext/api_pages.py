@@ -17,12 +17,13 @@ import inspect
 import types
 from pathlib import Path
 
-# Public submodules, each documented on its layer's page after the layer's
-# top-level names.
-SUBMODULES = {
+# Layer of each public submodule; it is documented on that page after the
+# layer's top-level names. One not listed lands on the "Other" page.
+SUBMODULE_LAYER = {
     "nn": "models",
     "samplers": "large_k",
     "diagnostics": "large_k",
+    "sparse": "large_k",
     "large_vocab": "large_vocab",
     "sharded": "sharded",
     "metrics": "evaluation",
@@ -31,6 +32,8 @@ SUBMODULES = {
     "reporting": "reporting",
     "plots": "reporting",
 }
+# Public submodules that ``jaxsoftmax/__init__.py`` does not import.
+NOT_IMPORTED = ("plots",)
 
 # Defining module (first component below ``jaxsoftmax``) -> layer. Both the
 # current private modules and the layer subpackages of the redesign are
@@ -150,15 +153,17 @@ def render_pages():
       continue
     part = _defining_module(value).split(".")[1:2]
     by_layer[LAYER_OF.get(part[0] if part else "", "other")].append(name)
-  submodules = dict(SUBMODULES)
-  for sub in public_names(package):
-    if isinstance(getattr(package, sub), types.ModuleType):
-      submodules.setdefault(sub, "other")
+  submodules = [n for n in public_names(package)
+                if isinstance(getattr(package, n), types.ModuleType)]
+  submodules += [n for n in NOT_IMPORTED if n not in submodules]
 
   pages = {}
   toc = []
   for layer, (title, blurb) in LAYERS.items():
-    subs = [s for s, lay in submodules.items() if lay == layer]
+    subs = [s for s, lay in SUBMODULE_LAYER.items()
+            if lay == layer and s in submodules]
+    if layer == "other":
+      subs = [s for s in submodules if s not in SUBMODULE_LAYER]
     if not by_layer[layer] and not subs:
       continue
     lines = _heading(title, "=") + [blurb, ""]
