@@ -6,11 +6,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo gradient-check bench clean data data-fashion data-text
+.PHONY: test demo gradient-check bench docs clean data data-fashion data-text
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,docs]'
 	touch $(STAMP)
 
 # Some tests read the real datasets, so a fresh machine fetches them first (a
@@ -28,6 +28,13 @@ gradient-check: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_loss.py
 
+# The documentation site, into docs/_build/html (see docs/README.md). Warnings
+# are errors, as in the test. The notebooks execute through jupyter-cache, so
+# a rebuild re-runs only a notebook whose code changed.
+SPHINXOPTS ?=
+docs: $(STAMP)
+	$(PY) -m sphinx -b html -W --keep-going -n $(SPHINXOPTS) docs docs/_build/html
+
 # Datasets, fetched once into $JAXSOFTMAX_DATA (default ~/.cache/jaxsoftmax)
 # and checked against pinned SHA-256s; re-running a target is a no-op.
 data: $(STAMP)
@@ -40,4 +47,4 @@ data-text: $(STAMP)
 	$(PY) -m jaxsoftmax._fetch text
 
 clean:
-	rm -rf $(VENV) results .pytest_cache .hypothesis
+	rm -rf $(VENV) results .pytest_cache .hypothesis docs/_build docs/api docs/notebooks

@@ -211,7 +211,7 @@ def make_optimizer(
   evaluates the objective, so ``update`` needs ``value``, ``grad`` and
   ``value_fn`` as extra arguments, and the value and gradient it computes at
   the accepted point are reused through ``optax.value_and_grad_from_state``
-  (see :func:`jaxsoftmax._solvers.lbfgs_solve`). ``learning_rate`` scales
+  (see :func:`jaxsoftmax.lbfgs_solve`). ``learning_rate`` scales
   the L-BFGS direction before the line search (1.0 is the usual value).
   Clipping, weight decay and accumulation would change the direction without
   telling the line search, so they are refused: put an L2 term in the

@@ -133,7 +133,7 @@ def softmax_regression_hessian(
   The logits of example :math:`i` are :math:`\tilde W^\top \tilde x_i`, the
   softmax Jacobian is :math:`\operatorname{diag}(p_i) - p_i p_i^\top`, and
   the logits are linear in :math:`\tilde W`, so in the flattening of
-  :func:`ravel_linear_params`
+  :func:`!ravel_linear_params`
 
   .. math::
     H = \frac{1}{B} \sum_{i=1}^{B} (\tilde x_i \tilde x_i^\top) \otimes

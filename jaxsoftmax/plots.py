@@ -1,6 +1,6 @@
 """Figures of a training run and a trained classifier, written as PNG files.
 
-Each function takes data the library already produces (a :class:`History`, a
+Each function takes data the library already produces (a :class:`~jaxsoftmax.History`, a
 :class:`~jaxsoftmax.metrics.ReliabilityDiagram`, a confusion matrix, the
 weights of softmax regression), draws it on a figure of its own with
 matplotlib's object-oriented API and the Agg canvas, and writes a PNG. No

@@ -10,6 +10,7 @@ if _FLAG not in os.environ.get("XLA_FLAGS", ""):
 
 import hypothesis  # noqa: E402
 import jax  # noqa: E402
+import pytest  # noqa: E402
 
 # float64 references need x64; float32 tests ask for float32 explicitly.
 jax.config.update("jax_enable_x64", True)
@@ -30,3 +31,32 @@ hypothesis.settings.register_profile(
     print_blob=True,
 )
 hypothesis.settings.load_profile("ci" if os.environ.get("CI") else "default")
+
+
+@pytest.fixture(scope="session")
+def execute_notebook(tmp_path_factory):
+  """Executes a notebook at most once per session; returns the executed .ipynb.
+
+  Shared by the notebook test and the docs test, which renders these outputs,
+  so a `make test` run executes each notebook once.
+  """
+  # Imported here so that sessions without notebook tests never load Jupyter.
+  import jupytext
+  import nbclient
+  import nbformat
+
+  out = tmp_path_factory.mktemp("executed_notebooks")
+  done = {}
+
+  def execute(path):
+    if path not in done:
+      nb = jupytext.read(path)
+      nbclient.NotebookClient(
+          nb, timeout=300, kernel_name="python3",
+          resources={"metadata": {"path": str(path.parent)}},
+      ).execute()
+      done[path] = out / path.with_suffix(".ipynb").name
+      nbformat.write(nb, done[path])
+    return done[path]
+
+  return execute

@@ -3,20 +3,18 @@
 from pathlib import Path
 
 import jupytext
-import nbclient
 import pytest
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.py"))
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_executes(path):
-  """Runs the notebook's cells in a fresh kernel; any exception fails."""
-  nb = jupytext.read(path)
-  nbclient.NotebookClient(
-      nb, timeout=300, kernel_name="python3",
-      resources={"metadata": {"path": str(path.parent)}},
-  ).execute()
+def test_notebook_executes(path, execute_notebook):
+  """Runs the notebook's cells in a fresh kernel; any exception fails.
+
+  The executed copy is kept for the session: tests/test_docs.py renders it.
+  """
+  execute_notebook(path)
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
