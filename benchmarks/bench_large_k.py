@@ -41,6 +41,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import time
 from typing import Any
 
 import jax
@@ -224,12 +226,175 @@ def targets(results):
   return lines
 
 
+# ----------------------------------------------------------------------------
+# Whole training steps: loss, gradients and the optimizer update, donated.
+# ----------------------------------------------------------------------------
+
+# name -> (LargeSoftmaxHead options, dense_updates). "exact" is the fused
+# cross-entropy with dense Adam: the step the cheap methods are measured by.
+TRAIN_ROWS = {
+    "exact (fused, dense Adam)": (dict(method="full", chunk_size=CHUNK), True),
+    "sampled": (dict(method="sampled", sampler="log_uniform"), False),
+    "nce": (dict(method="nce", sampler="unigram"), False),
+    "negative_sampling": (dict(method="negative_sampling",
+                               sampler="unigram"), False),
+    "hierarchical_balanced": (dict(method="hierarchical_balanced"), False),
+    "hierarchical_huffman": (dict(method="hierarchical_huffman"), False),
+    "class_based": (dict(method="class_based"), False),
+}
+# The same heads with dense gradients and dense Adam: what main did before
+# the row-sparse updates, for the growth it had.
+DENSE_BASELINE = ("sampled", "hierarchical_balanced")
+CHEAP_TARGET = {"sampled": 1.5, "nce": 1.5, "negative_sampling": 1.5,
+                "hierarchical_balanced": 1.7, "hierarchical_huffman": 1.7}
+TRAIN_KS = (10_000, 100_000, 1_000_000)
+CONTEXT, EMBED = 3, 64
+
+
+def zipf_counts(num_classes):
+  """Word counts with Zipf's law, count_k proportional to 1 / (k + 1)."""
+  return np.maximum(1, 10**9 // np.arange(1, num_classes + 1)).astype(np.int64)
+
+
+def train_step_row(name, num_classes, *, batch, features, num_samples,
+                   repeats, dense=None, vocab=None):
+  """Median time and XLA memory of one ``large_vocab.train_step``."""
+  from flax import nnx
+  from jaxsoftmax import large_vocab
+
+  options, dense_updates = TRAIN_ROWS[name]
+  dense_updates = dense_updates if dense is None else dense
+  options = dict(options)
+  counts = zipf_counts(num_classes)
+  if options["method"] in ("sampled", "nce", "negative_sampling"):
+    options["num_samples"] = min(num_samples, num_classes)
+  if options["method"] == "class_based":
+    # Equal-size clusters (S = C = sqrt K), this method's best case; Zipf
+    # counts would put most classes in one tail cluster.
+    counts = np.ones(num_classes, np.int64)
+  vocab = vocab or num_classes
+  model = large_vocab.ContextModel(vocab, CONTEXT, EMBED, features,
+                                   rngs=nnx.Rngs(0))
+  head = large_vocab.LargeSoftmaxHead(features, num_classes, counts=counts,
+                                      rngs=nnx.Rngs(1), **options)
+  rng = np.random.default_rng(SEED)
+  p = counts / counts.sum()
+  y_train = jnp.asarray(rng.choice(num_classes, 8 * batch, p=p), jnp.int32)
+  x_train = jnp.asarray(rng.integers(0, vocab, (8 * batch, CONTEXT)),
+                        jnp.int32)
+  step, variables, data = large_vocab.train_step(
+      (model, head), optax.adam(1e-3), batch_size=batch,
+      dense_updates=dense_updates)
+  del model, head
+  key = jax.random.key(SEED)
+  run = jax.jit(step, donate_argnums=0).lower(
+      variables, data, x_train, y_train, key, jnp.int32(0)).compile()
+  memory = reporting.executable_memory(run)
+  times = []
+  for i in range(repeats + 2):
+    t = time.perf_counter()
+    variables, loss = run(variables, data, x_train, y_train, key,
+                          jnp.int32(i))
+    jax.block_until_ready((variables, loss))
+    if i >= 2:  # the first executions set up the runtime
+      times.append(time.perf_counter() - t)
+  if not np.isfinite(float(loss)):
+    raise AssertionError(f"{name} at K={num_classes}: loss {float(loss)}")
+  return {"median_ms": 1e3 * reporting.median(times), "memory": memory,
+          "load_average": list(os.getloadavg())}
+
+
+def bench_train_steps(ks, *, batch, features, num_samples, repeats,
+                      fused_max_k, big_k=None, big_features=64):
+  """Every method's whole step at each K; the dense baselines at the ends."""
+  results = {}
+  for k in ks:
+    for name in TRAIN_ROWS:
+      if name.startswith("exact") and k > fused_max_k:
+        continue
+      results[(name, k)] = train_step_row(
+          name, k, batch=batch, features=features, num_samples=num_samples,
+          repeats=repeats)
+      print(f"  step {name} K={k}: {results[(name, k)]['median_ms']:.1f} ms"
+            f" (load {os.getloadavg()[0]:.2f})", flush=True)
+    if k in (ks[0], ks[-1]):
+      for name in DENSE_BASELINE:
+        results[(name + " (dense Adam)", k)] = train_step_row(
+            name, k, batch=batch, features=features,
+            num_samples=num_samples, repeats=max(2, repeats // 2), dense=True)
+  if big_k:
+    # d = 64 and a 10^5-word input vocabulary keep the tables in memory.
+    for name in ("sampled", "negative_sampling", "hierarchical_balanced"):
+      try:
+        results[(name, big_k)] = train_step_row(
+            name, big_k, batch=batch, features=big_features,
+            num_samples=num_samples, repeats=repeats, vocab=100_000)
+        results[(name, big_k)]["features"] = big_features
+      except (MemoryError, RuntimeError) as e:
+        results[(name, big_k)] = {"error": str(e).splitlines()[0]}
+  return results
+
+
+def train_table(results, ks):
+  rows = []
+  exact = {k: results.get(("exact (fused, dense Adam)", k)) for k in ks}
+  for (name, k), r in results.items():
+    if "error" in r:
+      rows.append({"step": name, "K": k, "median ms": r["error"][:40],
+                   "x exact": "-", "growth": "-", "XLA temp": "-",
+                   "load": "-"})
+      continue
+    base = results.get((name, ks[0]))
+    growth = (r["median_ms"] / base["median_ms"]
+              if base and k != ks[0] and "features" not in r else None)
+    e = exact.get(k)
+    rows.append({
+        "step": name + (f" d={r['features']}" if "features" in r else ""),
+        "K": k,
+        "median ms": f"{r['median_ms']:.2f}",
+        "x exact": ("-" if not e or name.startswith("exact")
+                    else f"{e['median_ms'] / r['median_ms']:.0f}"),
+        "growth": "-" if growth is None else f"{growth:.2f}",
+        "XLA temp": reporting.format_bytes(r["memory"]["temp"]),
+        "load": f"{r['load_average'][0]:.2f}",
+    })
+  return rows
+
+
+def train_targets(results, ks):
+  lo, hi = ks[0], ks[-1]
+  lines = []
+  verdict = lambda ok: "met" if ok else "NOT met"
+  exact = results.get(("exact (fused, dense Adam)", hi))
+  for name, bound in CHEAP_TARGET.items():
+    a, b = results.get((name, lo)), results.get((name, hi))
+    if not a or not b:
+      continue
+    growth = b["median_ms"] / a["median_ms"]
+    lines.append(f"{name}: step grows <= {bound}x from K={lo} to {hi}:"
+                 f" {verdict(growth <= bound)} ({growth:.2f}x)")
+    if exact:
+      speed = exact["median_ms"] / b["median_ms"]
+      lines.append(f"{name}: >= 100x faster than the exact step at K={hi}:"
+                   f" {verdict(speed >= 100)} ({speed:.0f}x)")
+    temp = b["memory"]["temp"] / max(a["memory"]["temp"], 1)
+    lines.append(f"{name}: XLA temp does not grow with K:"
+                 f" {verdict(temp <= 1.05)} ({temp:.2f}x)")
+  return lines
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--quick", action="store_true")
   parser.add_argument("--ks", type=int, nargs="+", default=None)
   parser.add_argument("--optax-max-k", type=int, default=100_000)
   parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--train-ks", type=int, nargs="+", default=None,
+                      help="K of the whole-training-step table")
+  parser.add_argument("--big-k", type=int, default=10_000_000,
+                      help="K of the d=64 cheap steps (0: skip)")
+  parser.add_argument("--skip-value-and-grad", action="store_true",
+                      help="only the training-step table")
   args = parser.parse_args(argv)
   batch, features = BATCH, FEATURES
   ks, optax_max_k = DEFAULT_KS, args.optax_max_k
@@ -237,21 +402,41 @@ def main(argv=None):
     batch, features = QUICK["batch"], QUICK["features"]
     ks, optax_max_k = QUICK["ks"], QUICK["optax_max_k"]
   ks = args.ks or ks
+  train_ks, big_k = TRAIN_KS, args.big_k
+  if args.quick:
+    train_ks, big_k = QUICK["ks"], 0
+  train_ks = tuple(args.train_ks or train_ks)
+  print(f"load average before: {os.getloadavg()}", flush=True)
   roofline = reporting.gemm_gflops()
-  results = []
-  for k in ks:
-    results.append(bench_k(k, batch=batch, features=features,
-                           optax_max_k=optax_max_k, repeats=args.repeats,
-                           roofline=roofline))
-    print(f"K={k} done", flush=True)
-  print(f"B={batch} d={features}; fp32 GEMM roofline {roofline:.1f} GFLOP/s")
-  print(reporting.format_table(table(results), list(table(results)[0])))
-  lines = targets(results)
-  print("\n".join(lines))
+  results, lines = [], []
+  if not args.skip_value_and_grad:
+    for k in ks:
+      results.append(bench_k(k, batch=batch, features=features,
+                             optax_max_k=optax_max_k, repeats=args.repeats,
+                             roofline=roofline))
+      print(f"K={k} done (load {os.getloadavg()[0]:.2f})", flush=True)
+    print(f"B={batch} d={features}; fp32 GEMM roofline {roofline:.1f} GFLOP/s")
+    print(reporting.format_table(table(results), list(table(results)[0])))
+    lines = targets(results)
+    print("\n".join(lines))
+  print("\nWhole training steps (large_vocab.train_step: context model +"
+        f" head, loss, gradients, Adam; donated), B={batch} d={features}"
+        f" m={NUM_SAMPLES}:", flush=True)
+  steps = bench_train_steps(
+      train_ks, batch=batch, features=features, num_samples=NUM_SAMPLES,
+      repeats=args.repeats, fused_max_k=max(train_ks), big_k=big_k)
+  rows = train_table(steps, train_ks)
+  print(reporting.format_table(rows, list(rows[0])))
+  step_lines = train_targets(steps, train_ks)
+  print("\n".join(step_lines))
+  print(f"load average after: {os.getloadavg()}")
   path = reporting.save_results(
       "bench_large_k_quick" if args.quick else "bench_large_k",
       {"machine": reporting.machine(), "batch": batch, "features": features,
-       "roofline_gflops": roofline, "results": results, "targets": lines},
+       "roofline_gflops": roofline, "results": results, "targets": lines,
+       "train_steps": [{"step": n, "classes": k, **r}
+                       for (n, k), r in steps.items()],
+       "train_targets": step_lines},
   )
   print(f"wrote {path}")
 

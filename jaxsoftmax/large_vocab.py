@@ -224,7 +224,7 @@ class ContextModel(nnx.Module):
   def encode(self, embeddings: jax.Array) -> jax.Array:
     """Features ``[batch, hidden_dim]`` of the context's embedding rows.
 
-    What :meth:`__call__` computes after its lookup, for a step that
+    What calling the model computes after its lookup, for a step that
     gathers the rows itself (:func:`train_step`'s row-sparse updates).
 
     Args:
@@ -792,6 +792,8 @@ class TrainHistory:
       ``{"argument", "output", "temp", "total"}`` as
       :func:`jaxsoftmax.reporting.compiled_memory` reports it (read from the
       executable the run used, so the step compiles once).
+    batch_size: rows per step (the method's default unless one was given),
+      for examples per second: ``steps[-1] * batch_size / seconds[-1]``.
   """
 
   seconds: list[float] = dataclasses.field(default_factory=list)
@@ -804,6 +806,7 @@ class TrainHistory:
   refreshes: int = 0
   refresh_seconds: float = 0.0
   memory: dict[str, int] = dataclasses.field(default_factory=dict)
+  batch_size: int = 0
 
   @property
   def median_step_seconds(self) -> float:
@@ -852,8 +855,9 @@ def train_step(
   model and the head, and applies ``optimizer``.
 
   By default the update is **row-sparse**: the step gathers the rows of the
-  context's input embeddings and of the head's :attr:`~LargeSoftmaxHead.
-  row_params` that the batch uses (:meth:`LargeSoftmaxHead.rows_used`),
+  context's input embeddings and of the head's tables
+  (:attr:`LargeSoftmaxHead.row_params`) that the batch uses
+  (:meth:`LargeSoftmaxHead.rows_used`),
   differentiates the loss with respect to those rows only, and applies
   ``optimizer`` to them and to the dense parameters (the hidden layer, the
   class-based cluster layer) through :func:`jaxsoftmax.sparse.apply_updates`,
@@ -1174,7 +1178,8 @@ def train(
   jax.block_until_ready(warm)
   del warm
   history = TrainHistory(compile_seconds=time.perf_counter() - t0,
-                         memory=reporting.executable_memory(run))
+                         memory=reporting.executable_memory(run),
+                         batch_size=batch_size)
 
   def checkpoint(train_seconds, steps, losses):
     t = time.perf_counter()

@@ -148,6 +148,8 @@ def machine() -> dict[str, Any]:
       "cpu_count": os.cpu_count(),
       "python": platform.python_version(),
       "jax": jax.__version__,
+      # Timings on a shared machine mean little without it.
+      "load_average": list(os.getloadavg()),
   }
 
 
