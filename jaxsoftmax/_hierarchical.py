@@ -636,10 +636,12 @@ def hierarchical_softmax_loss(
   Args:
     x: ``[batch, num_features]`` features.
     node_w: ``[num_features, K - 1]`` node weights, one column per internal
-      node of ``tree``.
+      node of ``tree``; or a :class:`jaxsoftmax.sparse.Rows` view of the
+      class-major ``[K - 1, d]`` table holding at least the labels' path
+      nodes, whose gradient is then just those rows.
     labels: ``[batch]`` integer classes in ``[0, K)``.
     tree: from :func:`huffman_tree` or :func:`balanced_tree`.
-    node_b: optional ``[K - 1]`` node biases.
+    node_b: optional ``[K - 1]`` node biases, or a view of them.
     weights: optional ``[batch]`` non-negative per-example weights.
     ignore_index: label value whose rows contribute nothing and are left out
       of the mean's denominator.
@@ -802,6 +804,9 @@ def class_based_softmax_loss(
     x: ``[batch, num_features]`` features.
     params: ``{"cluster_w": [d, C], "cluster_b": [C], "w": [d, K],
       "b": [K]}``, e.g. from :func:`class_based_init`.
+      ``"w"`` and ``"b"`` may be :class:`jaxsoftmax.sparse.Rows` views of
+      the class-major ``[K, d]`` table holding at least the members of the
+      labels' clusters (their gradient is then just those rows).
     labels: ``[batch]`` integer classes in ``[0, K)``.
     clusters: from :func:`frequency_clusters`.
     weights: optional ``[batch]`` non-negative per-example weights.

@@ -4,9 +4,11 @@ Each loss scores the label and ``num_samples`` (:math:`m`) candidate classes
 drawn from a :mod:`jaxsoftmax.samplers` proposal :math:`q`, instead of all
 :math:`K` classes. ``w`` (``[d, K]``) and ``b`` (``[K]``) are read only through
 gathers of the label's and the candidates' columns, so the forward and
-backward passes cost O(B m d) instead of O(B K d); the gradient of ``w`` is
-still returned as a dense ``[d, K]`` array (zero outside the gathered
-columns), as optax expects. The losses themselves are
+backward passes cost O(B m d) instead of O(B K d). Given a dense ``w`` the
+gradient is a dense ``[d, K]`` array (zero outside the gathered columns);
+given a :class:`jaxsoftmax.sparse.Rows` view of a class-major table it is
+just the view's rows, and the whole step can stay O(B m d)
+(:mod:`jaxsoftmax.sparse`). The losses themselves are
 :func:`jaxsoftmax.cross_entropy` and :func:`jaxsoftmax.binary_cross_entropy`
 on the small ``[B, 1 + m]`` logits, so their hand-derived backward rules
 give the gradient; the sampler's output is treated as a constant.
@@ -248,8 +250,11 @@ def sampled_softmax_loss(
   Args:
     key: a ``jax.random`` key for the candidates.
     x: ``[batch, num_features]`` features (the output layer's input).
-    w: ``[num_features, num_classes]`` output weights.
-    b: ``[num_classes]`` output biases.
+    w: ``[num_features, num_classes]`` output weights, or a
+      :class:`jaxsoftmax.sparse.Rows` view of the class-major ``[K, d]``
+      table holding at least the labels' and candidates' rows (its gradient
+      is then just those rows, see :mod:`jaxsoftmax.sparse`).
+    b: ``[num_classes]`` output biases, or a view of them.
     labels: ``[batch]`` integer labels in ``[0, num_classes)``.
     sampler: a :class:`jaxsoftmax.samplers.Sampler` over ``num_classes``.
     num_samples: :math:`m`, a Python int >= 1 (at most the sampler's support
@@ -374,8 +379,9 @@ def nce_loss(
   Args:
     key: a ``jax.random`` key for the noise.
     x: ``[batch, num_features]``.
-    w: ``[num_features, num_classes]``.
-    b: ``[num_classes]``.
+    w: ``[num_features, num_classes]``, or a :class:`jaxsoftmax.sparse.Rows`
+      view of the class-major table, as in :func:`sampled_softmax_loss`.
+    b: ``[num_classes]``, or a view of it.
     labels: ``[batch]`` integer labels.
     sampler: the noise distribution :math:`q`, a static sampler when
       ``shared``.
@@ -466,8 +472,9 @@ def negative_sampling_loss(
   Args:
     key: a ``jax.random`` key for the negatives.
     x: ``[batch, num_features]``.
-    w: ``[num_features, num_classes]``.
-    b: ``[num_classes]``.
+    w: ``[num_features, num_classes]``, or a :class:`jaxsoftmax.sparse.Rows`
+      view of the class-major table, as in :func:`sampled_softmax_loss`.
+    b: ``[num_classes]``, or a view of it.
     labels: ``[batch]`` integer labels.
     sampler: the negatives' distribution.
     num_samples: :math:`m`, negatives per row (or for the batch).
