@@ -247,6 +247,12 @@ def sampled_softmax_loss(
   Cost: O(B m d) for the candidates' logits (O(m d) gather when
   ``shared``), O(B m) for the loss, no ``[B, K]`` array.
 
+  The candidates are ``sampler.sample(key, None if shared else x,
+  num_samples, replace=replace, max_draws=max_draws)`` for a static sampler
+  (also in :func:`nce_loss` and :func:`negative_sampling_loss`), so a step
+  can draw them first to gather their rows
+  (:func:`jaxsoftmax.sparse.gather`).
+
   Args:
     key: a ``jax.random`` key for the candidates.
     x: ``[batch, num_features]`` features (the output layer's input).
