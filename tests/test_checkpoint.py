@@ -1,6 +1,9 @@
 """Orbax checkpoints of fit (resume bit for bit) and save_params / load_params."""
 
+import json
 import os
+import re
+import shutil
 from typing import NamedTuple
 
 import jax
@@ -135,6 +138,130 @@ def test_fresh_run_refuses_a_directory_with_checkpoints(tmp_path):
   with pytest.raises(ValueError, match=r"already holds checkpoints \(newest:"
                      r" epoch 1\); pass resume=True"):
     _fit(tmp_path, epochs=2)
+
+
+# ----------------------------------------------------------------------------
+# Resume over damaged checkpoints: each kind of damage to the newest one
+# falls back to the one before, which resumes bit for bit.
+# ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def three_checkpoints(tmp_path_factory):
+  """A run of 4 epochs that keeps the checkpoints of epochs 2, 3 and 4."""
+  directory = tmp_path_factory.mktemp("run")
+  _fit(directory, epochs=4, keep_checkpoints=3)
+  assert _steps(directory) == [2, 3, 4]
+  return directory
+
+
+def _data_file(step):
+  return next((step / "state" / "d").iterdir())
+
+
+def _truncate(path):
+  path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _garble(path):
+  data = bytearray(path.read_bytes())
+  data[len(data) // 2] ^= 0xFF
+  path.write_bytes(bytes(data))
+
+
+def _edit_history(step, edit):
+  path = step / "meta" / "metadata"
+  meta = json.loads(path.read_text())
+  edit(meta["history"])
+  path.write_text(json.dumps(meta))
+
+
+def _remove(path):
+  shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+READ = r"cannot be read: "
+DAMAGE = {
+    # The arrays' bytes (tensorstore checks their checksums).
+    "data file truncated": (lambda s: _truncate(_data_file(s)),
+                            READ + r"ValueError: OUT_OF_RANGE"),
+    "data file garbled": (lambda s: _garble(_data_file(s)),
+                          READ + r"ValueError: DATA_LOSS"),
+    "data file deleted": (lambda s: _remove(_data_file(s)),
+                          READ + r"ValueError: NOT_FOUND"),
+    "manifest truncated": (lambda s: _truncate(s / "state" / "manifest.ocdbt"),
+                           READ + r"ValueError: DATA_LOSS"),
+    # The tree of the stored arrays.
+    "state metadata truncated": (lambda s: _truncate(s / "state" / "_METADATA"),
+                                 READ + r"JSONDecodeError"),
+    "state metadata garbled": (lambda s: _garble(s / "state" / "_METADATA"),
+                               READ + r"UnicodeDecodeError"),
+    "state metadata deleted": (lambda s: _remove(s / "state" / "_METADATA"),
+                               r"has no state metadata"),
+    "array metadata truncated": (
+        lambda s: _truncate(s / "state" / "array_metadatas" / "process_0"),
+        READ + r"JSONDecodeError"),
+    "sharding truncated": (lambda s: _truncate(s / "state" / "_sharding"),
+                           READ + r"JSONDecodeError"),
+    "state deleted": (lambda s: _remove(s / "state"),
+                      READ + r"ValueError: no arrays stored in "),
+    # The JSON meta: epoch, history, key.
+    "meta deleted": (lambda s: _remove(s / "meta" / "metadata"),
+                     READ + r"FileNotFoundError"),
+    "meta truncated": (lambda s: _truncate(s / "meta" / "metadata"),
+                       READ + r"JSONDecodeError"),
+    "history too short": (
+        lambda s: _edit_history(s, lambda h: h["loss"].pop()),
+        r"history .* has loss = .*; expected a list of 4 numbers"),
+    "history too long": (
+        lambda s: _edit_history(s, lambda h: h.update(epoch=list(range(1, 9)))),
+        r"lists epochs \[1, 2, 3, 4, 5, 6, 7, 8\]; expected 1..4"),
+    "history not numbers": (
+        lambda s: _edit_history(s, lambda h: h.update(seconds=["x"] * 4)),
+        r"has seconds = \['x'.*expected a list of 4 numbers"),
+    "history field missing": (
+        lambda s: _edit_history(s, lambda h: h.pop("best_epoch")),
+        r"history .* holds \[.*\]; expected \[.*'best_epoch'"),
+    "key edited": (
+        lambda s: _edit_history(s, lambda h: None) or (s / "meta" / "metadata").write_text(
+            (s / "meta" / "metadata").read_text().replace('"key": [0, 3]', '"key": [0, 4]')),
+        r"written with key data \[0, 4\]"),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_resume_falls_back_over_a_damaged_checkpoint(
+    tmp_path, three_checkpoints, straight, damage):
+  directory = tmp_path / "run"
+  shutil.copytree(three_checkpoints, directory)
+  apply, reason = DAMAGE[damage]
+  apply(directory / "4")
+  with pytest.warns(UserWarning, match=r"skips the checkpoint of epoch 4 and"
+                    r" resumes from the one of epoch 3: .*" + reason):
+    params, history = _fit(directory, epochs=5, resume=True,
+                           keep_checkpoints=3)
+  _assert_trees_equal(params, straight[0])
+  assert history.loss == straight[1].loss
+
+
+def test_resume_with_every_checkpoint_damaged_lists_each(
+    tmp_path, three_checkpoints):
+  directory = tmp_path / "run"
+  shutil.copytree(three_checkpoints, directory)
+  _truncate(_data_file(directory / "4"))
+  _remove(directory / "3" / "state" / "_METADATA")
+  _edit_history(directory / "2", lambda h: h["loss"].pop())
+  with pytest.raises(ValueError) as info:
+    _fit(directory, epochs=5, resume=True, keep_checkpoints=3)
+  lines = str(info.value).splitlines()
+  assert lines[0].startswith("no checkpoint in ") and "rejected" in lines[0]
+  assert re.match(r"  epoch 4: .*cannot be read: ValueError: OUT_OF_RANGE",
+                  lines[1])
+  assert re.match(r"  epoch 3: .*has no state metadata", lines[2])
+  assert re.match(r"  epoch 2: .*has loss = ", lines[3])
+  assert len(lines) == 4
+  # Nothing was trained or written on top of the damaged run.
+  assert _steps(directory) == [2, 3, 4]
 
 
 # ----------------------------------------------------------------------------
