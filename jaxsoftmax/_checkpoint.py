@@ -21,6 +21,7 @@ import json
 import os
 import re
 import tempfile
+import zipfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -120,14 +121,16 @@ def save_params(
   names = leaf_names(params)
   if not names:
     raise ValueError("params must hold at least one array; got no leaves.")
-  arrays, dtypes = {}, {}
+  arrays, dtypes, shapes = {}, {}, {}
   for name, leaf in zip(names, jax.tree.leaves(params)):
     a = np.asarray(leaf)
     a = a.astype(_storage_dtype(a, dtype))
     dtypes[name] = a.dtype.name
+    shapes[name] = list(a.shape)
     # npz cannot hold bfloat16; its bits fit a uint16 exactly.
     arrays[name] = a.view(np.uint16) if a.dtype == jnp.bfloat16 else a
-  arrays[_META] = np.array(json.dumps({"format": _FORMAT, "dtypes": dtypes}))
+  arrays[_META] = np.array(json.dumps(
+      {"format": _FORMAT, "dtypes": dtypes, "shapes": shapes}))
 
   with _io.atomic_open(path) as f:
     np.savez(f, **arrays)
@@ -183,6 +186,13 @@ def load_params(path: str | os.PathLike[str]) -> Any:
     The pytree of ``jax.Array`` leaves, with the structure it was saved with
     (float64 leaves need ``jax_enable_x64``, as everywhere in JAX).
 
+  Raises:
+    FileNotFoundError: no file at ``path``.
+    ValueError: the file is not a params file, or is truncated or damaged:
+      not a zip archive, a member failing its CRC, metadata that is not
+      JSON or that disagrees with the stored arrays' names, dtypes or
+      shapes. Every message names the file.
+
   Examples:
     >>> import os, tempfile, jax
     >>> import jaxsoftmax as js
@@ -191,25 +201,98 @@ def load_params(path: str | os.PathLike[str]) -> Any:
     >>> [p["w"].shape for p in js.load_params(path)]
     [(4, 8), (8, 3)]
   """
-  with np.load(os.fspath(path), allow_pickle=False) as f:
-    if _META not in f.files:
-      raise ValueError(
-          f"{os.fspath(path)!r} is not a params file written by save_params"
-          f" (no {_META!r} entry); its entries are {f.files[:5]}."
-      )
-    meta = json.loads(str(f[_META]))
-    if meta.get("format") != _FORMAT:
-      raise ValueError(
-          f"{os.fspath(path)!r} has params file format {meta.get('format')};"
-          f" this version reads format {_FORMAT}."
-      )
-    entries = []
-    for name, dtype in meta["dtypes"].items():
-      a = f[name]
+  where = repr(os.fspath(path))
+  arrays = _read_npz(os.fspath(path))
+  if _META not in arrays:
+    raise ValueError(
+        f"{where} is not a params file written by save_params (no {_META!r}"
+        f" entry); its entries are {sorted(arrays)[:5]}."
+    )
+  dtypes = _checked_meta(where, arrays.pop(_META), arrays)
+  entries = []
+  try:
+    for name, dtype in dtypes.items():
+      a = arrays[name]
       if dtype == "bfloat16":
         a = a.view(jnp.bfloat16)
       entries.append((_parse_path(name), jnp.asarray(a)))
-  return _build(entries, "params")
+    return _build(entries, "params")
+  except ValueError as error:
+    raise ValueError(f"{where}: {error}") from error
+
+
+def _read_npz(path: str) -> dict[str, np.ndarray]:
+  """Every entry of the ``.npz`` archive at ``path``, each CRC-checked."""
+  hint = (
+      f"{path!r} cannot be read as a params file (truncated or damaged?);"
+      " write it again with save_params"
+  )
+  if not zipfile.is_zipfile(path):
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"no params file at {path!r}.")
+    raise ValueError(
+        f"{hint}: it is not a .npz (zip) archive, which is what save_params"
+        " writes."
+    )
+  try:
+    with np.load(path, allow_pickle=False) as f:
+      return {name: f[name] for name in f.files}
+  # A damaged member surfaces as a CRC mismatch (BadZipFile), a short read
+  # (EOFError) or a bad .npy header (ValueError).
+  except (zipfile.BadZipFile, EOFError, ValueError, OSError) as error:
+    raise ValueError(f"{hint}: {_summary(error)}") from error
+
+
+def _checked_meta(
+    where: str, raw: np.ndarray, arrays: Mapping[str, np.ndarray]
+) -> dict[str, str]:
+  """The leaf dtypes of a params file, checked against its stored arrays.
+
+  Returns:
+    Leaf name (a pytree path) -> the dtype it was saved in.
+  """
+  try:
+    meta = json.loads(str(raw))
+  except ValueError as error:
+    raise ValueError(
+        f"{where} has a damaged {_META!r} entry ({_summary(error)})."
+    ) from error
+  if not isinstance(meta, dict):
+    raise ValueError(
+        f"{where} has a {_META!r} entry holding {type(meta).__name__}; "
+        "expected a JSON object with format and dtypes."
+    )
+  if meta.get("format") != _FORMAT:
+    raise ValueError(
+        f"{where} has params file format {meta.get('format')}; this version"
+        f" reads format {_FORMAT}."
+    )
+  dtypes, shapes = meta.get("dtypes"), meta.get("shapes")
+  if not isinstance(dtypes, dict) or set(dtypes) != set(arrays) or not dtypes:
+    listed = sorted(dtypes) if isinstance(dtypes, dict) else dtypes
+    raise ValueError(
+        f"{where} lists the arrays {listed} in its metadata but holds"
+        f" {sorted(arrays)}; the file is damaged."
+    )
+  for name, dtype in dtypes.items():
+    a = arrays[name]
+    # bfloat16 leaves are stored as their uint16 bits.
+    stored = "uint16" if dtype == "bfloat16" else dtype
+    if a.dtype.name != stored:
+      raise ValueError(
+          f"{where} holds {name} as {a.dtype.name}, but its metadata says"
+          f" {dtype} (stored as {stored}); the file is damaged."
+      )
+    # Files from before shapes were recorded carry dtypes only.
+    if shapes is not None and (
+        not isinstance(shapes, dict) or shapes.get(name) != list(a.shape)
+    ):
+      got = shapes.get(name) if isinstance(shapes, dict) else shapes
+      raise ValueError(
+          f"{where} holds {name} with shape {list(a.shape)}, but its metadata"
+          f" says {got}; the file is damaged."
+      )
+  return dtypes
 
 
 class Checkpoints:
