@@ -235,7 +235,8 @@ def _read_npz(path: str) -> dict[str, np.ndarray]:
         " writes."
     )
   try:
-    with np.load(path, allow_pickle=False) as f:
+    # Our own handle: np.load leaks its file when the archive is damaged.
+    with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as f:
       return {name: f[name] for name in f.files}
   # A damaged member surfaces as a CRC mismatch (BadZipFile), a short read
   # (EOFError) or a bad .npy header (ValueError).
