@@ -387,6 +387,44 @@ def _resolve_value_and_grad(loss_fn, value_and_grad_fn):
   return _MANUAL_GRADIENTS.get(loss_fn)
 
 
+def _invalid_input(loss_fn, params, xb, yb, kwargs) -> str | None:
+  """Why ``loss_fn`` rejects a minibatch when called eagerly, or None.
+
+  Under ``jit`` the losses turn an out-of-range label into NaN; outside it
+  they raise a ValueError saying which label is wrong, which beats advice
+  about the learning rate.
+  """
+  try:
+    loss_fn(params, xb, yb, **kwargs)
+  except (ValueError, TypeError) as error:
+    return str(error)
+  return None
+
+
+def _check_scalar_loss(loss_fn, params, x, y, batch_size, kwargs) -> None:
+  """Raises unless ``loss_fn`` returns a scalar for one minibatch.
+
+  Autodiff needs a scalar; jax's own error ("Gradient only defined for
+  scalar-output functions") does not name the function at fault.
+  """
+  def spec(a):
+    return jax.ShapeDtypeStruct((batch_size, *a.shape[1:]), a.dtype)
+
+  try:
+    out = jax.eval_shape(
+        functools.partial(loss_fn, **kwargs), params, spec(x), spec(y))
+  # Anything else the loss dislikes, the first training step reports.
+  except Exception:  # noqa: BLE001
+    return
+  shape = getattr(out, "shape", None)
+  if shape != ():
+    raise ValueError(
+        f"loss_fn must return a scalar (the minibatch's mean loss, e.g. with"
+        f" reduction='mean'); {getattr(loss_fn, '__name__', loss_fn)} returns"
+        f" shape {shape} for a minibatch of {batch_size} rows."
+    )
+
+
 def _first_bad(stats, names_grads, names_params):
   """(step index, tensor name) of the first non-finite step, or None."""
   _, loss_ok, grads_ok, params_ok = stats
@@ -820,6 +858,11 @@ def fit(
     x, y, dynamic_kwargs = sharded.shard_params((x, y, dynamic_kwargs), mesh)
 
   value_and_grad_fn = _resolve_value_and_grad(loss_fn, value_and_grad_fn)
+  if value_and_grad_fn is None and mesh is None:
+    kwargs = {**dynamic_kwargs, **dict(static_kwargs)}
+    if step_key is not None:
+      kwargs["key"] = step_key
+    _check_scalar_loss(loss_fn, params, x, y, batch_size, kwargs)
   optimizer = optax.with_extra_args_support(optimizer)
   train_epoch = functools.partial(
       _train_epoch,
@@ -917,13 +960,24 @@ def fit(
           if bad is not None:
             s, tensor = bad
             global_step = (epoch - 1) * steps + s + 1
+            cause = None
+            if tensor == "loss" and mesh is None:
+              kwargs = {**dynamic_kwargs, **dict(static_kwargs)}
+              if step_key is not None:
+                kwargs["key"] = jax.random.fold_in(step_key, global_step)
+              cause = _invalid_input(
+                  loss_fn, new_params, x[batches[s]], y[batches[s]], kwargs)
+            advice = (
+                f" because the minibatch is invalid for loss_fn: {cause}"
+                if cause else
+                " (NaN or inf). Lower the learning rate, clip the gradients"
+                " (optax.clip_by_global_norm) or compute in float32."
+            )
             raise TrainingDiverged(
                 f"training diverged in epoch {epoch}, step {s + 1} of {steps}"
                 f" (global step {global_step}): {tensor} became non-finite"
-                " (NaN or inf). TrainingDiverged.params holds the last finite"
-                " params, from before that step. Lower the learning rate,"
-                " clip the gradients (optax.clip_by_global_norm) or compute"
-                " in float32.",
+                f"{advice} TrainingDiverged.params holds the last finite"
+                " params, from before that step.",
                 epoch=epoch, step=s + 1, global_step=global_step, tensor=tensor,
                 params=new_params, history=history,
             )
