@@ -26,6 +26,12 @@ the processes. The launcher then trains the same model on one device with
 ``fused_linear_cross_entropy`` and compares the loss sequences (float32,
 rtol 1e-5). About 30 s for 2 processes.
 
+Faults: the launcher watches every worker; when one exits non-zero it kills
+the others and exits 1 within a second, naming the worker and its exit
+code. A worker run without the launcher ends itself within a minute of
+losing a peer (a failed collective at once, a missed heartbeat after 10 s,
+a peer absent at start-up after 20 s of waiting).
+
 How memory is measured: ``jit(step).lower(...).compile().memory_analysis()``
 of the sharded step. XLA compiles one SPMD program that every device runs,
 so the figures are per device (argument bytes at P = 8 are an eighth of
@@ -52,6 +58,7 @@ if _DEVICE_FLAG not in os.environ.get("XLA_FLAGS", ""):
 import argparse  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 import json  # noqa: E402
+import signal  # noqa: E402
 import socket  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -82,6 +89,14 @@ RESULT_TAG = "RESULT "
 # Messages a worker prints when another program took the coordinator port
 # between our probe and its bind: then the launcher retries on a new port.
 PORT_TAKEN = ("address already in use", "failed to bind", "bind failed")
+# A worker whose peer died ends itself within a minute: a collective with the
+# dead peer fails at once, the coordination service declares a process dead
+# after HEARTBEAT_S without a heartbeat and stops the others, and a peer that
+# never arrives ends start-up after STARTUP_S (plus the ~10 s it takes a
+# loaded 2-core machine to import jax).
+HEARTBEAT_S = 10
+SHUTDOWN_S = 10
+STARTUP_S = 20
 
 
 def make_problem(seed: int, batch: int, features: int, classes: int):
@@ -268,10 +283,20 @@ def run_worker(args: argparse.Namespace) -> int:
   jax.distributed.initialize(
       coordinator_address=f"127.0.0.1:{args.port}",
       num_processes=args.num_processes, process_id=args.worker,
-      initialization_timeout=args.timeout,
+      initialization_timeout=min(args.timeout, STARTUP_S),
+      heartbeat_timeout_seconds=HEARTBEAT_S,
+      shutdown_timeout_seconds=SHUTDOWN_S,
   )
+  print(f"worker {args.worker}: connected", flush=True)
   mesh = _mesh_over_processes()
-  losses = train_losses(args, mesh)
+  try:
+    losses = train_losses(args, mesh)
+  except jax.errors.JaxRuntimeError as error:
+    print(f"worker {args.worker}: a collective failed, so another worker has"
+          f" probably died; stopping. ({error})", file=sys.stderr, flush=True)
+    # The orderly jax.distributed.shutdown waits at a barrier the dead peer
+    # never reaches and then aborts with a C++ stack trace.
+    os._exit(1)
   print(RESULT_TAG + json.dumps({
       "process": jax.process_index(), "losses": losses,
       "mesh": dict(mesh.shape), "local_devices": jax.local_device_count(),
@@ -287,37 +312,62 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _launch(args: argparse.Namespace, port: int) -> list[tuple[int, str]]:
-  """Runs the workers to completion; (return code, output) of each.
-
-  A worker that fails leaves the others waiting in a collective, so the
-  first failure (or the deadline) kills all of them.
-  """
-  env = dict(os.environ)
-  env["XLA_FLAGS"] = " ".join(
-      [f for f in env.get("XLA_FLAGS", "").split()
-       if not f.startswith(_DEVICE_FLAG)]
-      + [f"{_DEVICE_FLAG}={args.devices_per_process}"])
-  common = [
+def _worker_command(args: argparse.Namespace, port: int,
+                   worker: int) -> list[str]:
+  """The command line that starts worker ``worker`` of the launcher's run."""
+  return [
+      sys.executable, __file__, "--worker", str(worker),
       "--num-processes", str(args.num_processes), "--port", str(port),
       "--batch", str(args.batch), "--features", str(args.features),
       "--classes", str(args.classes[0]), "--steps", str(args.steps),
       "--seed", str(args.seed), "--timeout", str(args.timeout),
   ]
+
+
+def _worker_env(devices_per_process: int) -> dict[str, str]:
+  """The environment of a worker: its own count of simulated devices."""
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = " ".join(
+      [f for f in env.get("XLA_FLAGS", "").split()
+       if not f.startswith(_DEVICE_FLAG)]
+      + [f"{_DEVICE_FLAG}={devices_per_process}"])
+  return env
+
+
+def _launch(
+    args: argparse.Namespace, port: int,
+) -> tuple[list[tuple[int | None, str]], str | None]:
+  """Runs the workers; (return code, output) of each, and why it stopped.
+
+  Every worker is watched: the first one to exit non-zero (or the
+  deadline) gets the others killed, since they would wait for it in a
+  collective. The reason is ``None`` when all of them succeeded.
+  """
+  env = _worker_env(args.devices_per_process)
   outputs = [tempfile.TemporaryFile(mode="w+") for _ in
              range(args.num_processes)]
   procs = [
-      subprocess.Popen([sys.executable, __file__, "--worker", str(i), *common],
-                       env=env, stdout=out, stderr=subprocess.STDOUT)
+      subprocess.Popen(_worker_command(args, port, i), env=env, stdout=out,
+                       stderr=subprocess.STDOUT)
       for i, out in enumerate(outputs)
   ]
+  for i, p in enumerate(procs):
+    print(f"worker {i}: pid {p.pid}", flush=True)
   deadline = time.monotonic() + args.timeout
+  reason = None
   try:
-    while any(p.poll() is None for p in procs):
-      failed = any(p.returncode not in (None, 0) for p in procs)
-      if failed or time.monotonic() > deadline:
+    while reason is None:
+      codes = [p.poll() for p in procs]
+      failed = [(i, c) for i, c in enumerate(codes) if c not in (None, 0)]
+      if failed:
+        i, code = failed[0]
+        reason = f"worker {i} exited with code {code}{_signal_name(code)}"
+      elif all(c == 0 for c in codes):
         break
-      time.sleep(0.2)
+      elif time.monotonic() > deadline:
+        reason = f"no result after --timeout {args.timeout} s"
+      else:
+        time.sleep(0.2)
   finally:
     for p in procs:
       if p.poll() is None:
@@ -328,7 +378,12 @@ def _launch(args: argparse.Namespace, port: int) -> list[tuple[int, str]]:
     out.seek(0)
     results.append((p.returncode, out.read()))
     out.close()
-  return results
+  return results, reason
+
+
+def _signal_name(code: int) -> str:
+  """`` (SIGKILL)`` for the negative return code of a killed process."""
+  return f" ({signal.Signals(-code).name})" if code < 0 else ""
 
 
 def run_launcher(args: argparse.Namespace) -> int:
@@ -339,13 +394,15 @@ def run_launcher(args: argparse.Namespace) -> int:
   t0 = time.perf_counter()
   for attempt in range(3):
     port = _free_port()
-    results = _launch(args, port)
+    results, reason = _launch(args, port)
     texts = "\n".join(out for _, out in results).lower()
-    if all(code == 0 for code, _ in results):
+    if reason is None:
       break
     if not any(s in texts for s in PORT_TAKEN) or attempt == 2:
       for i, (code, out) in enumerate(results):
         print(f"--- worker {i} (exit {code}) ---\n{out[-4000:]}")
+      print(f"FAILED: {reason}; the other workers were stopped",
+            file=sys.stderr, flush=True)
       return 1
     print(f"port {port} was taken; retrying on another")
   multi = [json.loads(line[len(RESULT_TAG):])

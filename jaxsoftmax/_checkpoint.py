@@ -16,10 +16,12 @@ Two formats for two jobs:
 from __future__ import annotations
 
 import ast
+import glob
 import json
 import os
 import re
 import tempfile
+import zipfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -119,14 +121,16 @@ def save_params(
   names = leaf_names(params)
   if not names:
     raise ValueError("params must hold at least one array; got no leaves.")
-  arrays, dtypes = {}, {}
+  arrays, dtypes, shapes = {}, {}, {}
   for name, leaf in zip(names, jax.tree.leaves(params)):
     a = np.asarray(leaf)
     a = a.astype(_storage_dtype(a, dtype))
     dtypes[name] = a.dtype.name
+    shapes[name] = list(a.shape)
     # npz cannot hold bfloat16; its bits fit a uint16 exactly.
     arrays[name] = a.view(np.uint16) if a.dtype == jnp.bfloat16 else a
-  arrays[_META] = np.array(json.dumps({"format": _FORMAT, "dtypes": dtypes}))
+  arrays[_META] = np.array(json.dumps(
+      {"format": _FORMAT, "dtypes": dtypes, "shapes": shapes}))
 
   with _io.atomic_open(path) as f:
     np.savez(f, **arrays)
@@ -182,6 +186,13 @@ def load_params(path: str | os.PathLike[str]) -> Any:
     The pytree of ``jax.Array`` leaves, with the structure it was saved with
     (float64 leaves need ``jax_enable_x64``, as everywhere in JAX).
 
+  Raises:
+    FileNotFoundError: no file at ``path``.
+    ValueError: the file is not a params file, or is truncated or damaged:
+      not a zip archive, a member failing its CRC, metadata that is not
+      JSON or that disagrees with the stored arrays' names, dtypes or
+      shapes. Every message names the file.
+
   Examples:
     >>> import os, tempfile, jax
     >>> import jaxsoftmax as js
@@ -190,25 +201,99 @@ def load_params(path: str | os.PathLike[str]) -> Any:
     >>> [p["w"].shape for p in js.load_params(path)]
     [(4, 8), (8, 3)]
   """
-  with np.load(os.fspath(path), allow_pickle=False) as f:
-    if _META not in f.files:
-      raise ValueError(
-          f"{os.fspath(path)!r} is not a params file written by save_params"
-          f" (no {_META!r} entry); its entries are {f.files[:5]}."
-      )
-    meta = json.loads(str(f[_META]))
-    if meta.get("format") != _FORMAT:
-      raise ValueError(
-          f"{os.fspath(path)!r} has params file format {meta.get('format')};"
-          f" this version reads format {_FORMAT}."
-      )
-    entries = []
-    for name, dtype in meta["dtypes"].items():
-      a = f[name]
+  where = repr(os.fspath(path))
+  arrays = _read_npz(os.fspath(path))
+  if _META not in arrays:
+    raise ValueError(
+        f"{where} is not a params file written by save_params (no {_META!r}"
+        f" entry); its entries are {sorted(arrays)[:5]}."
+    )
+  dtypes = _checked_meta(where, arrays.pop(_META), arrays)
+  entries = []
+  try:
+    for name, dtype in dtypes.items():
+      a = arrays[name]
       if dtype == "bfloat16":
         a = a.view(jnp.bfloat16)
       entries.append((_parse_path(name), jnp.asarray(a)))
-  return _build(entries, "params")
+    return _build(entries, "params")
+  except ValueError as error:
+    raise ValueError(f"{where}: {error}") from error
+
+
+def _read_npz(path: str) -> dict[str, np.ndarray]:
+  """Every entry of the ``.npz`` archive at ``path``, each CRC-checked."""
+  hint = (
+      f"{path!r} cannot be read as a params file (truncated or damaged?);"
+      " write it again with save_params"
+  )
+  if not zipfile.is_zipfile(path):
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"no params file at {path!r}.")
+    raise ValueError(
+        f"{hint}: it is not a .npz (zip) archive, which is what save_params"
+        " writes."
+    )
+  try:
+    # Our own handle: np.load leaks its file when the archive is damaged.
+    with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as f:
+      return {name: f[name] for name in f.files}
+  # A damaged member surfaces as a CRC mismatch (BadZipFile), a short read
+  # (EOFError) or a bad .npy header (ValueError).
+  except (zipfile.BadZipFile, EOFError, ValueError, OSError) as error:
+    raise ValueError(f"{hint}: {_summary(error)}") from error
+
+
+def _checked_meta(
+    where: str, raw: np.ndarray, arrays: Mapping[str, np.ndarray]
+) -> dict[str, str]:
+  """The leaf dtypes of a params file, checked against its stored arrays.
+
+  Returns:
+    Leaf name (a pytree path) -> the dtype it was saved in.
+  """
+  try:
+    meta = json.loads(str(raw))
+  except ValueError as error:
+    raise ValueError(
+        f"{where} has a damaged {_META!r} entry ({_summary(error)})."
+    ) from error
+  if not isinstance(meta, dict):
+    raise ValueError(
+        f"{where} has a {_META!r} entry holding {type(meta).__name__}; "
+        "expected a JSON object with format and dtypes."
+    )
+  if meta.get("format") != _FORMAT:
+    raise ValueError(
+        f"{where} has params file format {meta.get('format')}; this version"
+        f" reads format {_FORMAT}."
+    )
+  dtypes, shapes = meta.get("dtypes"), meta.get("shapes")
+  if not isinstance(dtypes, dict) or set(dtypes) != set(arrays) or not dtypes:
+    listed = sorted(dtypes) if isinstance(dtypes, dict) else dtypes
+    raise ValueError(
+        f"{where} lists the arrays {listed} in its metadata but holds"
+        f" {sorted(arrays)}; the file is damaged."
+    )
+  for name, dtype in dtypes.items():
+    a = arrays[name]
+    # bfloat16 leaves are stored as their uint16 bits.
+    stored = "uint16" if dtype == "bfloat16" else dtype
+    if a.dtype.name != stored:
+      raise ValueError(
+          f"{where} holds {name} as {a.dtype.name}, but its metadata says"
+          f" {dtype} (stored as {stored}); the file is damaged."
+      )
+    # Files from before shapes were recorded carry dtypes only.
+    if shapes is not None and (
+        not isinstance(shapes, dict) or shapes.get(name) != list(a.shape)
+    ):
+      got = shapes.get(name) if isinstance(shapes, dict) else shapes
+      raise ValueError(
+          f"{where} holds {name} with shape {list(a.shape)}, but its metadata"
+          f" says {got}; the file is damaged."
+      )
+  return dtypes
 
 
 class Checkpoints:
@@ -268,62 +353,144 @@ class Checkpoints:
     )
     self._manager.wait_until_finished()
 
+  def steps(self) -> list[int]:
+    """The epochs of the complete checkpoints, newest first."""
+    return sorted(self._manager.all_steps(), reverse=True)
+
   def restore(
       self,
       epoch: int,
       like: Mapping[str, Sequence[jax.Array]],
       names: Mapping[str, Sequence[str]],
-  ) -> tuple[dict[str, list[jax.Array]], dict[str, Any]]:
+  ) -> tuple[dict[str, list[jax.Array]], Any]:
     """Reads the checkpoint of ``epoch`` into arrays shaped like ``like``.
 
+    The stored tree (groups, leaf counts, shapes, dtypes) is compared with
+    ``like`` before anything is read, and the restored arrays again after,
+    so a checkpoint that restores at all restores completely.
+
     Args:
-      epoch: a checkpointed epoch, e.g. :meth:`latest`.
+      epoch: a checkpointed epoch, e.g. one of :meth:`steps`.
       like: group name -> leaves whose shapes and dtypes the stored ones must
         have.
       names: group name -> a readable name for each leaf, for errors.
 
     Returns:
-      ``(state, meta)``: group name -> list of arrays, and the JSON meta.
+      ``(state, meta)``: group name -> list of arrays, and the JSON meta
+      (unchecked: its meaning is the caller's).
 
     Raises:
-      ValueError: if the checkpoint's groups, leaf counts, shapes or dtypes
-        differ from ``like``.
+      ValueError: if the checkpoint cannot be read (a damaged, truncated or
+        missing file: the message says which error Orbax met), or its groups,
+        leaf counts, shapes or dtypes differ from ``like``.
     """
     ocp = self._ocp
-    stored = self._manager.item_metadata(epoch)["state"].tree
     where = f"the checkpoint of epoch {epoch} in {self.directory}"
-    if set(stored) != set(like):
-      raise ValueError(
-          f"{where} holds {sorted(stored)}; this run needs {sorted(like)}."
-          " Resume with the same settings (validation_fraction) it was"
-          " written with, or start a fresh directory."
-      )
-    for group, leaves in like.items():
-      if len(stored[group]) != len(leaves):
-        raise ValueError(
-            f"{where} holds {len(stored[group])} {group} arrays; this run has"
-            f" {len(leaves)} ({list(names[group])}). Was it written for"
-            " another model or optimizer?"
-        )
-      for name, got, want in zip(names[group], stored[group], leaves):
-        if tuple(got.shape) != tuple(want.shape) or got.dtype != want.dtype:
-          raise ValueError(
-              f"{where} holds {name} with shape {tuple(got.shape)} and dtype"
-              f" {got.dtype}; this run has shape {tuple(want.shape)} and dtype"
-              f" {want.dtype}. Was it written for another model?"
-          )
+    # Every file Orbax will read is read here first, one at a time: Orbax
+    # reads concurrently on an asyncio loop that it closes at the first
+    # failure, and the reads still in flight then fail again from
+    # tensorstore's threads ("Event loop is closed").
+    try:
+      _check_state_files(os.path.join(self.directory, str(epoch), "state"))
+      stored = self._manager.item_metadata(epoch)["state"]
+      meta = self._manager.restore(
+          epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
+      )["meta"]
+    # Orbax reports a damaged file as whatever its parser met (KeyError,
+    # JSONDecodeError, UnicodeDecodeError, tensorstore's ValueError...).
+    except Exception as error:  # noqa: BLE001
+      raise ValueError(f"{where} cannot be read: {_summary(error)}") from error
+    if stored is None:
+      raise ValueError(f"{where} has no state metadata (state/_METADATA).")
+    _check_groups(where, stored.tree, like, names)
     target = {
         group: [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in leaves]
         for group, leaves in like.items()
     }
-    out = self._manager.restore(
-        epoch,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(target),
-            meta=ocp.args.JsonRestore(),
-        ),
-    )
-    return dict(out["state"]), dict(out["meta"])
+    try:
+      out = self._manager.restore(
+          epoch,
+          args=ocp.args.Composite(state=ocp.args.StandardRestore(target)),
+      )
+    except Exception as error:  # noqa: BLE001  (as above)
+      raise ValueError(f"{where} cannot be read: {_summary(error)}") from error
+    state = out["state"]
+    _check_groups(where, state, like, names)
+    return {k: list(g) for k, g in state.items()}, meta
 
   def close(self) -> None:
     self._manager.close()
+
+
+def _check_state_files(directory: str) -> None:
+  """Parses the JSON files and reads every stored value of a state item.
+
+  The arrays live in an OCDBT store, which checksums its files, so reading
+  each value once finds any damaged byte. Raises whatever the first damaged
+  file raises.
+  """
+  import tensorstore as ts
+
+  for name in ["_sharding", *glob.glob("array_metadatas/*", root_dir=directory)]:
+    path = os.path.join(directory, name)
+    if os.path.exists(path):
+      with open(path, "rb") as f:
+        json.loads(f.read())
+  # Without the trailing "/" the file driver reads "state" as a prefix of
+  # names in its parent, finds no manifest and lists an empty store.
+  base = {"driver": "file", "path": os.path.join(directory, "")}
+  store = ts.KvStore.open({"driver": "ocdbt", "base": base}).result()
+  keys = store.list().result()
+  if not keys:
+    raise ValueError(f"no arrays stored in {directory}")
+  for key in keys:
+    store.read(key).result()
+
+
+def _summary(error: BaseException, limit: int = 300) -> str:
+  """``Type: first line`` of ``error``, cut to ``limit`` characters.
+
+  Tensorstore puts a kilobyte-long spec after the first line.
+  """
+  lines = str(error).strip().splitlines() or [""]
+  text = f"{type(error).__name__}: {lines[0]}"
+  return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _check_groups(
+    where: str,
+    stored: Any,
+    like: Mapping[str, Sequence[jax.Array]],
+    names: Mapping[str, Sequence[str]],
+) -> None:
+  """Raises unless ``stored`` holds ``like``'s groups, leaf counts and types.
+
+  ``stored`` is Orbax's metadata tree or the restored arrays: group name ->
+  a list of objects with ``shape`` and ``dtype``.
+  """
+  if not isinstance(stored, Mapping) or set(stored) != set(like):
+    got = sorted(stored) if isinstance(stored, Mapping) else type(stored)
+    raise ValueError(
+        f"{where} holds {got}; this run needs {sorted(like)}. Resume with the"
+        " same settings (validation_fraction) it was written with, or start a"
+        " fresh directory."
+    )
+  for group, leaves in like.items():
+    if (not isinstance(stored[group], Sequence)
+        or len(stored[group]) != len(leaves)):
+      count = (len(stored[group]) if isinstance(stored[group], Sequence)
+               else type(stored[group]).__name__)
+      raise ValueError(
+          f"{where} holds {count} {group} arrays; this run has {len(leaves)}"
+          f" ({list(names[group])}). Was it written for another model or"
+          " optimizer?"
+      )
+    for name, got, want in zip(names[group], stored[group], leaves):
+      shape = tuple(getattr(got, "shape", None) or ())
+      dtype = getattr(got, "dtype", None)
+      if shape != tuple(want.shape) or dtype != want.dtype:
+        raise ValueError(
+            f"{where} holds {name} with shape {shape} and dtype {dtype}; this"
+            f" run has shape {tuple(want.shape)} and dtype {want.dtype}. Was"
+            " it written for another model?"
+        )

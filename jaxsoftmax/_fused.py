@@ -398,6 +398,9 @@ def fused_linear_cross_entropy(
   v.check_nonnegative("z_loss", z_loss)
   v.check_labels_in_range("labels", labels, num_classes, ignore_index)
   v.check_finite("x", x)
+  v.check_finite("w", w)
+  if b is not None:
+    v.check_finite("b", b, allow="-inf")
 
   acc = _numerics.accumulation_dtype(jnp.result_type(x, w))
   n = labels.size

@@ -91,6 +91,7 @@ def _evaluate(params, x, temperature, *, head, k, logits_fn, batch_size):
 def _prepare(x, temperature, batch_size, logits_fn):
   x = jnp.asarray(x)
   v.check_min_rank("x", x, 1, "[num_examples, ...]")
+  v.check_finite("x", x)
   if not callable(logits_fn):
     raise TypeError(
         "logits_fn must be a callable (params, x) -> logits; got"

@@ -175,6 +175,24 @@ def cross_entropy(
   is installed with ``jax.custom_vjp`` and differentiates with respect to
   ``logits`` and ``weights``.
 
+  Weights with label smoothing differ from PyTorch's. Here the row's weight
+  scales its whole smoothed loss; PyTorch's ``cross_entropy(weight=c,
+  label_smoothing=eps)`` weights each class's term by its own class weight
+  :math:`c`:
+
+  .. math::
+    \text{here: } c_y \Big[(1 - \varepsilon)(-\log p_y)
+      + \frac{\varepsilon}{K} \sum_j -\log p_j\Big], \qquad
+    \text{PyTorch: } (1 - \varepsilon)\, c_y (-\log p_y)
+      + \frac{\varepsilon}{K} \sum_j c_j (-\log p_j)
+
+  (both means divide by :math:`\sum_i c_{y_i}`). For :math:`h = (0, 1,
+  2)`, :math:`y = 0`, :math:`c = (1, 2, 3)` and :math:`\varepsilon = 0.3`
+  they give 2.1076 and 2.3299. The two agree when :math:`\varepsilon = 0`
+  or the weights are equal. PyTorch's form is :func:`soft_cross_entropy`
+  with the target :math:`(1 - \varepsilon) c_y e_y + \frac{\varepsilon}{K}
+  c` summed and divided by :math:`\sum_i c_{y_i}` (see Examples).
+
   Numerics: reductions are done in float32 for float16 / bfloat16 logits (the
   returned loss is float32; the logits' cotangent has the logits' dtype).
   Logits of magnitude 1e4 are safe. Masked classes (``-inf``) get
@@ -185,7 +203,9 @@ def cross_entropy(
   Out-of-range labels: outside ``jit`` a label outside ``[0, K)`` that is not
   ``ignore_index`` raises ``ValueError``. Under ``jit`` values cannot be
   checked, so such a row's loss and gradient are NaN (and so is the batch
-  mean): the error is visible, never a silently wrong number.
+  mean): the error is visible, never a silently wrong number. Likewise a
+  NaN or ``+inf`` logit and a NaN or infinite weight raise outside ``jit``
+  (checked on the device, one bool read back) and give NaN or inf under it.
 
   Args:
     logits: ``[..., num_classes]`` floating logits.
@@ -207,10 +227,23 @@ def cross_entropy(
     >>> print(f"{float(cross_entropy(logits, jnp.array([2]))):.4f}")
     0.1328
 
+    Class weights with smoothing, here and as PyTorch weights them:
+
+    >>> import jax
+    >>> from jaxsoftmax import soft_cross_entropy
+    >>> h, y = jnp.array([[0.0, 1.0, 2.0]]), jnp.array([0])
+    >>> c, eps = jnp.array([1.0, 2.0, 3.0]), 0.3
+    >>> print(f"{float(cross_entropy(h, y, weights=c[y], label_smoothing=eps)):.4f}")
+    2.1076
+    >>> q = (1 - eps) * c[y][:, None] * jax.nn.one_hot(y, 3) + eps / 3 * c
+    >>> print(f"{float(soft_cross_entropy(h, q, reduction='sum') / c[y].sum()):.4f}")
+    2.3299
+
   References:
     E. Kim, "ML refresher / softmax regression", Data 188 lecture 2 (2026),
     the softmax-loss gradient ``z - e_y``; R. Müller, S. Kornblith, G. Hinton,
-    "When does label smoothing help?" (2019).
+    "When does label smoothing help?" (2019); PyTorch,
+    ``torch.nn.functional.cross_entropy`` (``weight``, ``label_smoothing``).
   """
   logits, labels = _check_logits_and_labels(logits, labels)
   v.check_reduction(reduction)
@@ -221,6 +254,7 @@ def cross_entropy(
     raise ValueError("logits must have at least one class; got shape"
                      f" {logits.shape}.")
   v.check_labels_in_range("labels", labels, num_classes, ignore_index)
+  v.check_finite("logits", logits, allow="-inf")
   acc = _numerics.accumulation_dtype(logits.dtype)
   if weights is None:
     weights = jnp.ones(labels.shape, acc)
@@ -229,6 +263,7 @@ def cross_entropy(
     v.check_floating("weights", weights)
     v.check_same_shape("weights", weights, labels.shape, "one per label")
     v.check_nonnegative("weights", weights)
+    v.check_finite("weights", weights)
     weights = weights.astype(acc)
   # Compared against class indices up to K - 1, which a narrow label dtype
   # (int8 with K > 127) cannot hold.
@@ -337,6 +372,8 @@ def soft_cross_entropy(
   v.check_same_shape("target_probs", target_probs, logits.shape, "like logits")
   v.check_reduction(reduction)
   v.check_nonnegative("target_probs", target_probs)
+  v.check_finite("target_probs", target_probs)
+  v.check_finite("logits", logits, allow="-inf")
   num_classes = logits.shape[-1]
   out = _soft_cross_entropy(
       logits.reshape(-1, num_classes),
@@ -435,6 +472,7 @@ def binary_cross_entropy(
           "labels must lie in [0, 1] for binary_cross_entropy; got values"
           f" {y[bad][:5].tolist()} ({int(bad.sum())} bad of {y.size})."
       )
+  v.check_finite("logits", logits, allow="inf")
   if not jnp.issubdtype(labels.dtype, jnp.floating):
     labels = labels.astype(_numerics.accumulation_dtype(logits.dtype))
   return _binary_cross_entropy(logits, labels, reduction)

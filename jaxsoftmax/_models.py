@@ -7,7 +7,8 @@ dropout on its hidden activations.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
 from jax.experimental import sparse
@@ -123,7 +124,7 @@ def linear_logits(
   """
   if not isinstance(x, sparse.BCOO):
     x = jnp.asarray(x)
-  w, b = params["w"], params["b"]
+  w, b = layer_arrays("params", params)
   check_layer("params", w, b)
   v.check_floating("x", x)
   v.check_min_rank("x", x, 1, "[..., num_features]")
@@ -290,7 +291,7 @@ def check_mlp(params: MLPParams, x_shape: tuple[int, ...]) -> None:
     raise ValueError("params must hold at least one layer; got [].")
   width = x_shape[-1]
   for i, layer in enumerate(params):
-    check_layer(f"params[{i}]", layer["w"], layer["b"])
+    check_layer(f"params[{i}]", *layer_arrays(f"params[{i}]", layer))
     if i == 0 and layer["w"].shape[0] != width:
       raise ValueError(
           f"x must have {layer['w'].shape[0]} features (params[0]['w'] is"
@@ -312,6 +313,22 @@ def check_dense(name: str, x: object) -> None:
         f" shape {x.shape}. Sparse features are supported by linear_logits"
         " and softmax_regression_loss / _grad / _value_and_grad."
     )
+
+
+def layer_arrays(name: str, layer: Any) -> tuple[Any, Any]:
+  """``(layer["w"], layer["b"])``; a clear error for any other layout."""
+  if not isinstance(layer, Mapping):
+    raise TypeError(
+        f"{name} must be a dict {{'w': [fan_in, fan_out], 'b': [fan_out]}}"
+        f" (as linear_init makes); got {type(layer).__name__}."
+    )
+  missing = [k for k in ("w", "b") if k not in layer]
+  if missing:
+    raise ValueError(
+        f"{name} must hold 'w' [fan_in, fan_out] and 'b' [fan_out] (as"
+        f" linear_init makes); it has {sorted(layer)}, missing {missing}."
+    )
+  return layer["w"], layer["b"]
 
 
 def check_layer(name: str, w: jax.Array, b: jax.Array) -> None:

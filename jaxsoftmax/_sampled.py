@@ -302,6 +302,7 @@ def sampled_softmax_loss(
     sampled softmax with inverted multi-index: methods, theory and
     applications", arXiv:2501.08563 (2025).
   """
+  v.check_prng_key("key", key)
   x, w, b, labels, weights = _check_inputs(
       x, w, b, labels, sampler, num_samples, weights, ignore_index, reduction)
   _check_bool("remove_accidental_hits", remove_accidental_hits)
@@ -417,6 +418,7 @@ def nce_loss(
     (2010); A. Mnih, Y. W. Teh, "A fast and simple algorithm for training
     neural probabilistic language models", ICML (2012).
   """
+  v.check_prng_key("key", key)
   x, w, b, labels, weights = _check_inputs(
       x, w, b, labels, sampler, num_samples, weights, ignore_index, reduction)
   _check_bool("remove_accidental_hits", remove_accidental_hits)
@@ -513,6 +515,7 @@ def negative_sampling_loss(
     NeurIPS (2013); O. Levy, Y. Goldberg, "Neural word embedding as implicit
     matrix factorization", NeurIPS (2014) (the optimum above).
   """
+  v.check_prng_key("key", key)
   x, w, b, labels, weights = _check_inputs(
       x, w, b, labels, sampler, num_samples, weights, ignore_index, reduction)
   _check_bool("remove_accidental_hits", remove_accidental_hits)

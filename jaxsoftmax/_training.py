@@ -15,6 +15,7 @@ import dataclasses
 import functools
 import sys
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -386,6 +387,44 @@ def _resolve_value_and_grad(loss_fn, value_and_grad_fn):
   return _MANUAL_GRADIENTS.get(loss_fn)
 
 
+def _invalid_input(loss_fn, params, xb, yb, kwargs) -> str | None:
+  """Why ``loss_fn`` rejects a minibatch when called eagerly, or None.
+
+  Under ``jit`` the losses turn an out-of-range label into NaN; outside it
+  they raise a ValueError saying which label is wrong, which beats advice
+  about the learning rate.
+  """
+  try:
+    loss_fn(params, xb, yb, **kwargs)
+  except (ValueError, TypeError) as error:
+    return str(error)
+  return None
+
+
+def _check_scalar_loss(loss_fn, params, x, y, batch_size, kwargs) -> None:
+  """Raises unless ``loss_fn`` returns a scalar for one minibatch.
+
+  Autodiff needs a scalar; jax's own error ("Gradient only defined for
+  scalar-output functions") does not name the function at fault.
+  """
+  def spec(a):
+    return jax.ShapeDtypeStruct((batch_size, *a.shape[1:]), a.dtype)
+
+  try:
+    out = jax.eval_shape(
+        functools.partial(loss_fn, **kwargs), params, spec(x), spec(y))
+  # Anything else the loss dislikes, the first training step reports.
+  except Exception:  # noqa: BLE001
+    return
+  shape = getattr(out, "shape", None)
+  if shape != ():
+    raise ValueError(
+        f"loss_fn must return a scalar (the minibatch's mean loss, e.g. with"
+        f" reduction='mean'); {getattr(loss_fn, '__name__', loss_fn)} returns"
+        f" shape {shape} for a minibatch of {batch_size} rows."
+    )
+
+
 def _first_bad(stats, names_grads, names_params):
   """(step index, tensor name) of the first non-finite step, or None."""
   _, loss_ok, grads_ok, params_ok = stats
@@ -406,23 +445,116 @@ def _restore(
     state_like: dict[str, Any],
     key: jax.Array,
 ) -> tuple[dict[str, Any], History]:
-  """The state saved at ``epoch`` (pytrees like ``state_like``) and history."""
+  """The state saved at ``epoch`` (pytrees like ``state_like``) and history.
+
+  Raises:
+    ValueError: the checkpoint cannot be read, or its arrays, history or key
+      do not belong to this run at ``epoch``.
+  """
   stored, meta = checkpoints.restore(
       epoch,
       like={k: jax.tree.leaves(t) for k, t in state_like.items()},
       names={k: _checkpoint.leaf_names(t, k) for k, t in state_like.items()},
   )
+  if not isinstance(meta, Mapping) or set(meta) != {"epoch", "history", "key"}:
+    got = sorted(meta) if isinstance(meta, Mapping) else type(meta).__name__
+    raise ValueError(
+        f"the meta of the checkpoint of epoch {epoch} holds {got}; expected"
+        " ['epoch', 'history', 'key']."
+    )
   if meta["key"] != _key_data(key):
     raise ValueError(
         f"the checkpoint in {checkpoints.directory} was written with key data"
         f" {meta['key']}; got {_key_data(key)}. Pass the same key to resume"
         " (it fixes the shuffles and the validation split)."
     )
+  history = _checked_history(meta, epoch, "best_params" in state_like)
   restored = {
       k: jax.tree.unflatten(jax.tree.structure(state_like[k]), leaves)
       for k, leaves in stored.items()
   }
-  return restored, History.from_dict(meta["history"])
+  return restored, history
+
+
+def _checked_history(
+    meta: Mapping[str, Any], epoch: int, validation: bool
+) -> History:
+  """The history stored at ``epoch``, after checking it could be written then.
+
+  A run saves after appending one entry per epoch to each list it tracks, so
+  every list holds ``epoch`` entries or none (``loss`` and ``seconds``
+  always, ``val_loss`` exactly when there is a validation split), and the
+  best epoch is one of them.
+  """
+  where = f"the history of the checkpoint of epoch {epoch}"
+  record = meta["history"]
+  fields = {f.name for f in dataclasses.fields(History)}
+  if not isinstance(record, Mapping) or set(record) != fields:
+    got = sorted(record) if isinstance(record, Mapping) else type(record)
+    raise ValueError(f"{where} holds {got}; expected {sorted(fields)}.")
+  if meta["epoch"] != epoch or record["epoch"] != list(range(1, epoch + 1)):
+    raise ValueError(
+        f"{where} says epoch {meta['epoch']} and lists epochs"
+        f" {record['epoch']}; expected 1..{epoch}."
+    )
+  required = {"loss", "seconds"} | ({"val_loss"} if validation else set())
+  for name in sorted(fields - {"epoch", "best_epoch", "stopped_early"}):
+    entries = record[name]
+    sizes = (epoch,) if name in required else (0, epoch)
+    if (not isinstance(entries, list) or len(entries) not in sizes
+        or not all(isinstance(e, (int, float)) and not isinstance(e, bool)
+                   for e in entries)):
+      raise ValueError(
+          f"{where} has {name} = {str(entries)[:80]}; expected a list of"
+          f" {' or '.join(map(str, sizes))} numbers (one per epoch)."
+      )
+  best = record["best_epoch"]
+  best_ok = best is None if not validation else (
+      isinstance(best, int) and not isinstance(best, bool) and 1 <= best <= epoch)
+  if not best_ok or not isinstance(record["stopped_early"], bool):
+    raise ValueError(
+        f"{where} has best_epoch = {best!r} and stopped_early ="
+        f" {record['stopped_early']!r}; expected "
+        + (f"an epoch in 1..{epoch}" if validation else "None")
+        + " and a bool."
+    )
+  return History.from_dict(record)
+
+
+def _restore_newest_intact(
+    checkpoints: _checkpoint.Checkpoints,
+    state_like: dict[str, Any],
+    key: jax.Array,
+) -> tuple[dict[str, Any], History, int] | None:
+  """The newest checkpoint that restores and validates, and its epoch.
+
+  Each newer one that fails is skipped with a warning naming its epoch and
+  why. None when the directory holds no checkpoint.
+
+  Raises:
+    ValueError: every checkpoint was rejected; the message lists each one
+      and why.
+  """
+  rejected = []
+  for epoch in checkpoints.steps():
+    try:
+      restored, history = _restore(checkpoints, epoch, state_like, key)
+    except ValueError as error:
+      rejected.append((epoch, error))
+      continue
+    for bad, error in rejected:
+      warnings.warn(
+          f"fit skips the checkpoint of epoch {bad} and resumes from the one"
+          f" of epoch {epoch}: {error}",
+          stacklevel=3,
+      )
+    return restored, history, epoch
+  if rejected:
+    raise ValueError(
+        f"no checkpoint in {checkpoints.directory} can be resumed; each was"
+        " rejected:\n" + "\n".join(f"  epoch {e}: {why}" for e, why in rejected)
+    )
+  return None
 
 
 def _layout_on(mesh: Mesh, params: Any) -> Any:
@@ -532,11 +664,16 @@ def fit(
   and trains the remaining epochs up to ``epochs`` (the total, not a count of
   new ones), with the same result, bit for bit, as an uninterrupted run: the
   shuffles depend only on ``key`` and the epoch number (so resuming needs
-  the same ``key``; a different one raises). A run that stopped early stays
-  stopped. With no checkpoint in ``checkpoint_dir`` it starts fresh.
+  the same ``key``). A run that stopped early stays stopped. With no
+  checkpoint in ``checkpoint_dir`` it starts fresh. A checkpoint that cannot
+  be read (a truncated, garbled or missing file), whose arrays differ from
+  ``params`` and the optimizer state in tree, shape or dtype, whose history
+  does not hold one entry per epoch, or that was written with another
+  ``key`` is skipped with a warning naming its epoch and the reason, and the
+  newest intact one is resumed; when none is intact a ``ValueError`` lists
+  each and why. Training never continues from part of a checkpoint.
   ``resume=False`` refuses a directory that already holds checkpoints,
-  rather than mixing two runs; so does a checkpoint whose arrays do not
-  match ``params`` and the optimizer state in shape.
+  rather than mixing two runs.
 
   Sharding: with ``mesh`` the params are placed on it by
   :func:`jaxsoftmax.sharded.shard_params` with ``param_specs`` (e.g.
@@ -605,6 +742,8 @@ def fit(
 
   Raises:
     TrainingDiverged: a loss, gradient or param became NaN or infinite.
+    ValueError: ``resume=True`` and no checkpoint in ``checkpoint_dir`` is
+      intact (the message lists each and why), among bad arguments.
 
   Examples:
     >>> import jax, optax
@@ -719,6 +858,11 @@ def fit(
     x, y, dynamic_kwargs = sharded.shard_params((x, y, dynamic_kwargs), mesh)
 
   value_and_grad_fn = _resolve_value_and_grad(loss_fn, value_and_grad_fn)
+  if value_and_grad_fn is None and mesh is None:
+    kwargs = {**dynamic_kwargs, **dict(static_kwargs)}
+    if step_key is not None:
+      kwargs["key"] = step_key
+    _check_scalar_loss(loss_fn, params, x, y, batch_size, kwargs)
   optimizer = optax.with_extra_args_support(optimizer)
   train_epoch = functools.partial(
       _train_epoch,
@@ -771,8 +915,11 @@ def fit(
               f" checkpoints (newest: epoch {latest}); pass resume=True to"
               " continue that run, or use an empty directory."
           )
-        if latest is not None:
-          restored, history = _restore(checkpoints, latest, state_like, key)
+        found = _restore_newest_intact(checkpoints, state_like, key)
+        # Nothing below runs unless one checkpoint restored and validated
+        # whole: a run never continues from part of one.
+        if found is not None:
+          restored, history, done = found
           if mesh is not None:
             restored = jax.device_put(
                 restored, jax.tree.map(lambda a: a.sharding, state_like)
@@ -781,7 +928,6 @@ def fit(
           best_params = restored.get("best_params", params)
           if history.best_epoch is not None:
             best_loss = history.val_loss[history.best_epoch - 1]
-          done = latest
 
       show = sys.stderr.isatty() if progress is None else bool(progress)
       bar = tqdm(
@@ -814,13 +960,24 @@ def fit(
           if bad is not None:
             s, tensor = bad
             global_step = (epoch - 1) * steps + s + 1
+            cause = None
+            if tensor == "loss" and mesh is None:
+              kwargs = {**dynamic_kwargs, **dict(static_kwargs)}
+              if step_key is not None:
+                kwargs["key"] = jax.random.fold_in(step_key, global_step)
+              cause = _invalid_input(
+                  loss_fn, new_params, x[batches[s]], y[batches[s]], kwargs)
+            advice = (
+                f" because the minibatch is invalid for loss_fn: {cause}"
+                if cause else
+                " (NaN or inf). Lower the learning rate, clip the gradients"
+                " (optax.clip_by_global_norm) or compute in float32."
+            )
             raise TrainingDiverged(
                 f"training diverged in epoch {epoch}, step {s + 1} of {steps}"
                 f" (global step {global_step}): {tensor} became non-finite"
-                " (NaN or inf). TrainingDiverged.params holds the last finite"
-                " params, from before that step. Lower the learning rate,"
-                " clip the gradients (optax.clip_by_global_norm) or compute"
-                " in float32.",
+                f"{advice} TrainingDiverged.params holds the last finite"
+                " params, from before that step.",
                 epoch=epoch, step=s + 1, global_step=global_step, tensor=tensor,
                 params=new_params, history=history,
             )

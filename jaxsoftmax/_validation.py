@@ -13,6 +13,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 import numpy as np
 
 REDUCTIONS = ("none", "sum", "mean")
@@ -131,25 +132,59 @@ def check_labels_in_range(
     )
 
 
-def check_finite(name: str, x: jax.Array) -> None:
-  """Raises if a concrete floating array holds NaN or +-inf."""
+def check_finite(name: str, x: ArrayLike, *, allow: str | None = None) -> None:
+  """Raises if a concrete floating array holds NaN or an infinity.
+
+  The test is reduced on the device, so one bool reaches the host; the
+  array is copied only to describe a failure.
+
+  Args:
+    name: the argument, for the message.
+    x: the array; tracers are not checked.
+    allow: ``"-inf"`` accepts ``-inf`` (masked classes in logits),
+      ``"inf"`` both infinities (only NaN is refused); ``None`` neither.
+  """
   if not is_concrete(x):
     return
-  a = np.asarray(x)
-  finite = np.isfinite(a.astype(np.float32) if a.dtype.itemsize < 4 else a)
-  if not finite.all():
-    where = np.argwhere(~finite)[:5]
-    raise ValueError(
-        f"{name} must be finite; found {int((~finite).sum())} NaN/inf"
-        f" entries, first at index {[tuple(int(i) for i in w) for w in where]}."
+  # A concrete array seen while tracing (a closed-over constant) would be
+  # staged into the traced program; this evaluates the check now instead.
+  with jax.ensure_compile_time_eval():
+    x = jnp.asarray(x)
+    if allow == "inf":
+      ok = ~jnp.isnan(x)
+    elif allow == "-inf":
+      ok = jnp.isfinite(x) | (x == -jnp.inf)
+    else:
+      ok = jnp.isfinite(x)
+    if bool(jnp.all(ok)):
+      return
+  bad = ~np.asarray(ok)
+  where = np.argwhere(bad)[:5]
+  values = np.asarray(x.astype(jnp.float32))[bad][:5].tolist()
+  accepted = {None: "finite", "-inf": "finite or -inf (a masked class)",
+              "inf": "a number (not NaN)"}[allow]
+  raise ValueError(
+      f"{name} must be {accepted}; got {values} at index"
+      f" {[tuple(int(i) for i in w) for w in where]} ({int(bad.sum())} bad of"
+      f" {bad.size})."
+  )
+
+
+def _check_number(name: str, value: Any) -> np.ndarray:
+  """``value`` as an array; TypeError unless it is numeric (not a str)."""
+  a = np.asarray(value)
+  if not (jnp.issubdtype(a.dtype, jnp.number) or a.dtype == np.bool_):
+    raise TypeError(
+        f"{name} must be a number; got {type(value).__name__} {value!r}."
     )
+  return a
 
 
 def check_nonnegative(name: str, value: Any) -> None:
   """Raises if a concrete hyperparameter (penalty strength, weight) is < 0."""
   if not is_concrete(value):
     return
-  a = np.asarray(value)
+  a = _check_number(name, value)
   if np.any(a < 0) or np.any(np.isnan(a)):
     raise ValueError(f"{name} must be >= 0; got {a if a.ndim else a.item()}.")
 
@@ -187,7 +222,7 @@ def check_positive(name: str, value: Any) -> None:
   """Raises if a concrete hyperparameter (learning rate, norm bound) is <= 0."""
   if not is_concrete(value):
     return
-  a = np.asarray(value)
+  a = _check_number(name, value)
   if a.ndim != 0:
     raise ValueError(f"{name} must be a scalar; got shape {a.shape}.")
   if not a > 0:

@@ -14,6 +14,7 @@ import math
 import os
 import re
 import struct
+import zipfile
 import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -132,16 +133,28 @@ def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
 
 
 class _Source(NamedTuple):
-  """Where a fetched dataset lives in the cache and how to fetch it."""
+  """Where a fetched dataset lives in the cache and how to fetch it.
+
+  The IDX datasets also say what their files must hold: ``counts`` examples
+  in the train and test split, images of ``image_shape`` (uint8) and uint8
+  labels below ``num_classes``.
+  """
 
   title: str
   subdir: str
   files: tuple[str, ...]
   make_target: str
   fetch_name: str
+  counts: tuple[int, ...] = ()
+  image_shape: tuple[int, ...] = ()
+  num_classes: int = 0
 
   def directory(self) -> Path:
     return data_dir() / self.subdir
+
+  def fetch_command(self) -> str:
+    return (f"`make {self.make_target}` (or `python -m jaxsoftmax._fetch"
+            f" {self.fetch_name}`)")
 
   def require(self) -> Path:
     """The dataset's directory; FileNotFoundError naming the fetch command."""
@@ -150,11 +163,17 @@ class _Source(NamedTuple):
     if missing:
       raise FileNotFoundError(
           f"{self.title} is not in {directory} (missing {', '.join(missing)})."
-          f" Fetch it once with `make {self.make_target}` (or `python -m"
-          f" jaxsoftmax._fetch {self.fetch_name}`), or set JAXSOFTMAX_DATA to"
-          " a directory that holds it."
+          f" Fetch it once with {self.fetch_command()}, or set"
+          " JAXSOFTMAX_DATA to a directory that holds it."
       )
     return directory
+
+  def damaged(self, path: Path, problem: str) -> ValueError:
+    """The error for a damaged file of this dataset: what, and the fix."""
+    return ValueError(
+        f"{path}: {problem}. The file is damaged: delete it and fetch"
+        f" {self.title} again with {self.fetch_command()}."
+    )
 
 
 # Order: train images, train labels, test images, test labels.
@@ -169,6 +188,9 @@ MNIST = _Source(
     ),
     "data",
     "mnist",
+    counts=(60_000, 10_000),
+    image_shape=(28, 28),
+    num_classes=10,
 )
 FASHION_MNIST = _Source(
     "Fashion-MNIST",
@@ -176,6 +198,9 @@ FASHION_MNIST = _Source(
     tuple(f + ".gz" for f in MNIST.files),
     "data-fashion",
     "fashion-mnist",
+    counts=(60_000, 10_000),
+    image_shape=(28, 28),
+    num_classes=10,
 )
 GCIDE = _Source(
     "The GCIDE dictionary (text corpus)",
@@ -281,6 +306,9 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
   )
 
 
+_SPLIT_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+
 def _idx_split(source: _Source) -> tuple[np.ndarray, ...]:
   """``(x_train, y_train, x_test, y_test)`` as uint8, images flattened."""
   directory = source.require()
@@ -290,27 +318,73 @@ def _idx_split(source: _Source) -> tuple[np.ndarray, ...]:
   # read as fast as the .npz, so MNIST is not duplicated on disk.
   compressed = any(f.endswith(".gz") for f in source.files)
   if compressed and cache.is_file():
-    with np.load(cache) as z:
-      return tuple(z[k] for k in ("x_train", "y_train", "x_test", "y_test"))
+    try:
+      # Our own handle: np.load leaks its file when the archive is damaged.
+      with open(cache, "rb") as f, np.load(f) as z:
+        arrays = [z[k] for k in _SPLIT_KEYS]
+      for i, count in enumerate(source.counts):
+        images = arrays[2 * i].reshape(-1, *source.image_shape)
+        _check_split(source, (cache, cache), images, arrays[2 * i + 1], count)
+      return tuple(arrays)
+    # The cache is derived from the IDX files: a damaged one is rebuilt.
+    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile):
+      pass
   arrays = []
-  for images_file, labels_file in (source.files[:2], source.files[2:]):
-    images = read_idx(directory / images_file)
-    labels = read_idx(directory / labels_file)
-    if images.ndim != 3 or labels.shape != images.shape[:1]:
-      raise ValueError(
-          f"{directory}: {images_file} has shape {images.shape} and"
-          f" {labels_file} has shape {labels.shape}; expected [n, rows, cols]"
-          " images and [n] labels."
-      )
+  for i, count in enumerate(source.counts):
+    paths = (directory / source.files[2 * i], directory / source.files[2 * i + 1])
+    images, labels = (_read_idx_of(source, path) for path in paths)
+    _check_split(source, paths, images, labels, count)
     arrays += [images.reshape(len(images), -1), labels]
   if compressed:
     try:
-      _atomic_savez(
-          cache, **dict(zip(("x_train", "y_train", "x_test", "y_test"), arrays))
-      )
+      _atomic_savez(cache, **dict(zip(_SPLIT_KEYS, arrays)))
     except OSError:
       pass  # A read-only cache still loads, only more slowly.
   return tuple(arrays)
+
+
+def _read_idx_of(source: _Source, path: Path) -> np.ndarray:
+  """:func:`read_idx`, its errors saying how to fetch ``source`` again."""
+  try:
+    return read_idx(path)
+  except ValueError as error:
+    problem = str(error).removeprefix(f"{path}: ").rstrip(".")
+    raise source.damaged(path, problem) from error
+
+
+def _check_split(
+    source: _Source,
+    paths: tuple[Path, Path],
+    images: np.ndarray,
+    labels: np.ndarray,
+    count: int,
+) -> None:
+  """Raises unless ``images``/``labels`` are a split of ``source``.
+
+  That is ``count`` uint8 images of ``source.image_shape`` and as many
+  uint8 labels below ``source.num_classes``; ``paths`` name the images'
+  and the labels' file.
+  """
+  shape = (count, *source.image_shape)
+  if images.dtype != np.uint8 or images.shape != shape:
+    raise source.damaged(
+        paths[0],
+        f"images of dtype {images.dtype} and shape {images.shape}; a"
+        f" {source.title} split holds uint8 images of shape {shape}",
+    )
+  if labels.dtype != np.uint8 or labels.shape != (count,):
+    raise source.damaged(
+        paths[1],
+        f"labels of dtype {labels.dtype} and shape {labels.shape}; expected"
+        f" uint8 of shape ({count},), one per image in {paths[0].name}",
+    )
+  bad = np.flatnonzero(labels >= source.num_classes)
+  if bad.size:
+    raise source.damaged(
+        paths[1],
+        f"label {labels[bad[0]]} at index {bad[0]} ({bad.size} labels out of"
+        f" range); {source.title} has classes 0..{source.num_classes - 1}",
+    )
 
 
 def _idx_dataset(source: _Source, normalize: bool) -> Dataset:
@@ -341,6 +415,9 @@ def load_mnist(*, normalize: bool = True) -> Dataset:
   Raises:
     FileNotFoundError: the files are not in the cache; the message gives the
       command that fetches them.
+    ValueError: a file is damaged (not IDX, truncated, or not 60000 / 10000
+      uint8 28x28 images and labels 0..9); the message names the file and
+      the command that fetches it again.
 
   Examples:
     >>> from jaxsoftmax.data import load_mnist
@@ -375,6 +452,9 @@ def load_fashion_mnist(*, normalize: bool = True) -> Dataset:
   Raises:
     FileNotFoundError: the files are not in the cache; the message gives the
       command that fetches them.
+    ValueError: a file is damaged (not IDX, truncated, or not 60000 / 10000
+      uint8 28x28 images and labels 0..9); the message names the file and
+      the command that fetches it again.
 
   Examples:
     >>> from jaxsoftmax.data import load_fashion_mnist
@@ -865,16 +945,32 @@ def _gcide_stream() -> _TokenStream:
   directory = GCIDE.require()
   cache = directory / _TEXT_CACHE
   if cache.is_file():
-    with np.load(cache) as z:
-      return _TokenStream(
-          z["words"].tobytes().decode().split("\n"),
-          z["ids"],
-          z["sentence_lengths"],
-          z["doc_sentences"],
-      )
-  dictionary = gzip.decompress((directory / "gcide.dict.dz").read_bytes())
-  index = (directory / "gcide.index").read_text(encoding="utf-8")
-  stream = _tokenize(_clean_gcide(_gcide_entries(dictionary, index)))
+    try:
+      with open(cache, "rb") as f, np.load(f) as z:
+        return _TokenStream(
+            z["words"].tobytes().decode().split("\n"),
+            z["ids"],
+            z["sentence_lengths"],
+            z["doc_sentences"],
+        )
+    # Derived from the dictionary: a damaged cache is rebuilt.
+    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile):
+      pass
+  dictionary_path, index_path = (directory / f for f in GCIDE.files)
+  try:
+    dictionary = gzip.decompress(dictionary_path.read_bytes())
+  except (OSError, EOFError, zlib.error) as error:
+    raise GCIDE.damaged(
+        dictionary_path, f"not a readable gzip stream ({error})"
+    ) from error
+  try:
+    index = index_path.read_text(encoding="utf-8")
+    entries = _gcide_entries(dictionary, index)
+  except (UnicodeDecodeError, ValueError, KeyError) as error:
+    raise GCIDE.damaged(
+        index_path, f"not a dictd index of {dictionary_path.name} ({error!r})"
+    ) from error
+  stream = _tokenize(_clean_gcide(entries))
   _atomic_savez(
       cache,
       words=np.frombuffer("\n".join(stream.words).encode(), np.uint8),
@@ -930,6 +1026,8 @@ def load_text_corpus(
   Raises:
     FileNotFoundError: the dictionary is not in the cache; the message gives
       the command that fetches it.
+    ValueError: a file of the dictionary is damaged; the message names it
+      and the command that fetches it again.
 
   Examples:
     >>> from jaxsoftmax.data import load_text_corpus

@@ -420,21 +420,23 @@ def roc_auc_ovr(
   which is the area under the ROC curve with ties drawn as diagonal
   segments. Computed with one sort per class, :math:`O(N K \log N)`.
   ``"macro"`` averages the :math:`K` values, ``"weighted"`` weights them by
-  :math:`n_k^{+}`, and ``"micro"`` is the AUC of the :math:`N K` flattened
-  (example, class) decisions, positive where :math:`y_i = k`.
+  :math:`n_k^{+}` (so a class absent from ``labels`` has weight 0: the mean
+  runs over the classes present, as scikit-learn computes it), and
+  ``"micro"`` is the AUC of the :math:`N K` flattened (example, class)
+  decisions, positive where :math:`y_i = k`.
 
   Pass probabilities (e.g. ``jax.nn.softmax(logits)``): the AUC depends on
   each column's ordering, which softmax changes relative to raw logits. The
   columns' ranking is all that matters, so rows need not sum to 1. A class
   without positives (or negatives) has no AUC: outside ``jit`` that raises
-  (except for ``"micro"``), under ``jit`` it is NaN, as is any result from
-  NaN scores.
+  for ``"macro"`` and ``None``, under ``jit`` it is NaN, as is any result
+  from NaN scores.
 
   Args:
     probs: ``[num_examples, num_classes]`` class probabilities,
       ``num_classes >= 2``.
     labels: ``[num_examples]`` integer class indices; every class must occur
-      unless ``average="micro"``.
+      for ``average="macro"`` and ``None``.
     average: ``"macro"`` (default), ``"weighted"``, ``"micro"``, or ``None``
       for the ``[num_classes]`` per-class values.
 
@@ -465,14 +467,15 @@ def roc_auc_ovr(
         f" {probs.shape}."
     )
   v.check_finite("probs", probs)
-  if average != "micro" and v.is_concrete(labels):
+  if average in ("macro", None) and v.is_concrete(labels):
     missing = np.setdiff1d(np.arange(num_classes), np.asarray(labels))
     if missing.size:
       raise ValueError(
           "labels must contain every class for one-vs-rest ROC-AUC with"
           f" average={average!r} (a class without positives has no AUC);"
           f" classes {missing[:10].tolist()} do not occur among"
-          f" {labels.shape[0]} labels. Use average='micro' or more data."
+          f" {labels.shape[0]} labels. Use average='weighted' (over the"
+          " classes present), 'micro', or more data."
       )
   if average == "micro":
     return _roc_auc_micro(probs, labels)
@@ -501,9 +504,11 @@ def _roc_auc_per_class(probs, labels):
   auc = functools.partial(_binary_auc, dtype=dtype)
   per_class = jax.vmap(auc, in_axes=1)(probs, positive)
   support = jnp.sum(positive, axis=0).astype(dtype)
+  # An absent class has weight 0 and a NaN AUC, and 0 * NaN is NaN.
+  present = jnp.where(support > 0, support * per_class, 0)
   every = (
       jnp.mean(per_class),
-      jnp.sum(support * per_class) / jnp.sum(support),
+      jnp.sum(present) / jnp.sum(support),
       per_class,
   )
   ok = _all_in_range(labels, probs.shape[1])

@@ -91,6 +91,16 @@ def _check_num_classes(num_classes) -> int:
   return int(num_classes)
 
 
+def _max_horizon(num_classes: int) -> int:
+  """The largest ``max_draws``: :math:`1024 K \\max(1, \\lceil \\ln K \\rceil)`.
+
+  Peaked query-dependent proposals need horizons far beyond the ~K ln K of
+  a uniform one, so the bound is generous; it stops requests (10^9, 10^12)
+  whose per-round keys would not fit in memory.
+  """
+  return 1024 * num_classes * max(1, math.ceil(math.log(num_classes)))
+
+
 def _check_num_samples(num_samples) -> int:
   if not isinstance(num_samples, (int, np.integer)) or isinstance(
       num_samples, bool
@@ -231,7 +241,9 @@ class Sampler(abc.ABC):
     Raises:
       ValueError: ``num_samples < 1``, ``num_samples`` above the support size
         without replacement, ``queries=None`` for a query-dependent sampler,
-        or ``max_draws < 1``.
+        ``max_draws < 1``, or ``max_draws`` above :math:`1024 K \lceil
+        \ln K \rceil`.
+      TypeError: ``key`` is not a ``jax.random`` key.
 
     Examples:
       >>> import jax
@@ -241,6 +253,7 @@ class Sampler(abc.ABC):
       >>> sorted(ids.tolist()), bool((abs(log_q) < 1e-6).all())  # pi = 1
       ([0, 1, 2, 3], True)
     """
+    v.check_prng_key("key", key)
     m = _check_num_samples(num_samples)
     if not isinstance(replace, bool):
       raise TypeError(f"replace must be a bool; got {replace!r}.")
@@ -259,6 +272,14 @@ class Sampler(abc.ABC):
         or max_draws < 1
     ):
       raise ValueError(f"max_draws must be an int >= 1; got {max_draws!r}.")
+    elif max_draws > _max_horizon(self.num_classes):
+      raise ValueError(
+          f"max_draws must be at most {_max_horizon(self.num_classes)}"
+          f" (1024 K ceil(ln K) for K = {self.num_classes} classes: by then"
+          " a class of probability >= 1/(1024 K) has arrived except with"
+          " probability 1/K, and the search holds a key for every round of"
+          f" draws); got {max_draws}."
+      )
     else:
       horizon = int(max_draws)
     if queries is None:

@@ -44,9 +44,14 @@ def _write(path, payload, *, gz=False):
 
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
-  """An empty dataset cache that data_dir() points at."""
+  """An empty dataset cache that data_dir() points at.
+
+  The IDX datasets expect the split sizes of ``_fake_mnist`` here.
+  """
   root = tmp_path / "cache"
   monkeypatch.setenv("JAXSOFTMAX_DATA", str(root))
+  for name in ("MNIST", "FASHION_MNIST"):
+    monkeypatch.setattr(data, name, getattr(data, name)._replace(counts=(6, 4)))
   return root
 
 
@@ -191,8 +196,93 @@ def test_load_mnist_rejects_mismatched_images_and_labels(cache):
   """Pins a ValueError naming both files when label and image counts differ."""
   _fake_mnist(cache / "mnist", data.MNIST)
   _write(cache / "mnist" / data.MNIST.files[1], _idx_bytes(np.zeros(5, np.uint8)))
-  with pytest.raises(ValueError, match="train-images-idx3-ubyte has shape .*train-labels"):
+  with pytest.raises(ValueError, match=r"train-labels-idx1-ubyte: labels of .*"
+                     r" shape \(5,\); expected uint8 of shape \(6,\), one per"
+                     r" image in train-images-idx3-ubyte"):
     data.load_mnist()
+
+
+# Each kind of corrupt content, as (file index in MNIST.files, payload, what
+# the message must say). Every message names the file and the fetch command.
+_rng = np.random.default_rng(5)
+_TRAIN_IMAGES = _rng.integers(0, 256, (6, 28, 28), dtype=np.uint8)
+CORRUPT = {
+    "label out of range": (
+        1, _idx_bytes(np.array([1, 2, 200, 3, 4, 5], np.uint8)),
+        r"label 200 at index 2 \(1 labels out of range\); MNIST has classes"
+        r" 0..9"),
+    "negative label": (
+        3, _idx_bytes(np.array([1, -1, 2, 3], np.int8)),
+        r"labels of dtype int8 and shape \(4,\); expected uint8"),
+    "20x20 images": (
+        0, _idx_bytes(_rng.integers(0, 256, (6, 20, 20), dtype=np.uint8)),
+        r"images of dtype uint8 and shape \(6, 20, 20\); a MNIST split holds"
+        r" uint8 images of shape \(6, 28, 28\)"),
+    "float32 images": (
+        2, _idx_bytes(np.zeros((4, 28, 28), np.float32)),
+        r"images of dtype float32 and shape \(4, 28, 28\)"),
+    "too few images": (
+        0, _idx_bytes(_TRAIN_IMAGES[:5]), r"shape \(5, 28, 28\); a MNIST split"
+        r" holds uint8 images of shape \(6, 28, 28\)"),
+    "flat images": (
+        2, _idx_bytes(np.zeros((4, 784), np.uint8)), r"shape \(4, 784\)"),
+    "truncated": (0, _idx_bytes(_TRAIN_IMAGES)[:-100], r"\(truncated\)"),
+    "trailing bytes": (1, _idx_bytes(np.zeros(6, np.uint8)) + b"\0",
+                       r"\(trailing bytes\)"),
+    "not IDX": (3, b"<html>404 Not Found</html>", r"not an IDX file"),
+    "empty": (1, b"", r"0 bytes, too short"),
+}
+
+
+@pytest.mark.parametrize("corrupt", list(CORRUPT))
+def test_load_mnist_names_a_corrupt_file_and_the_fetch_command(cache, corrupt):
+  """Pins a ValueError naming the damaged file, the problem and `make data`."""
+  index, payload, problem = CORRUPT[corrupt]
+  _fake_mnist(cache / "mnist", data.MNIST)
+  path = _write(cache / "mnist" / data.MNIST.files[index], payload)
+  with pytest.raises(ValueError, match=problem) as info:
+    data.load_mnist()
+  message = str(info.value)
+  assert message.startswith(f"{path}: ")
+  assert "fetch MNIST again with `make data` (or `python -m jaxsoftmax._fetch" \
+      " mnist`)" in message
+
+
+def test_load_fashion_mnist_names_a_corrupt_gzip_file(cache):
+  """Pins a damaged .gz: the file and `make data-fashion` in the message."""
+  _fake_mnist(cache / "fashion-mnist", data.FASHION_MNIST, gz=True)
+  path = cache / "fashion-mnist" / data.FASHION_MNIST.files[2]
+  path.write_bytes(path.read_bytes()[:40])
+  with pytest.raises(ValueError, match=r"not a readable gzip stream.*`make"
+                     r" data-fashion`") as info:
+    data.load_fashion_mnist()
+  assert str(info.value).startswith(f"{path}: ")
+
+
+def test_load_fashion_mnist_rebuilds_a_damaged_cache(cache):
+  """Pins a truncated or wrong arrays cache -> rebuilt from the IDX files."""
+  arrays = _fake_mnist(cache / "fashion-mnist", data.FASHION_MNIST, gz=True)
+  cached = cache / "fashion-mnist" / "arrays-v1.npz"
+  first = data.load_fashion_mnist(normalize=False)
+  for damage in (lambda: cached.write_bytes(cached.read_bytes()[:100]),
+                 lambda: np.savez(cached, x_train=np.zeros((6, 784), np.uint8),
+                                  y_train=np.full(6, 10, np.uint8),
+                                  x_test=first.x_test, y_test=first.y_test)):
+    damage()
+    again = data.load_fashion_mnist(normalize=False)
+    np.testing.assert_array_equal(again.y_train, arrays[1])
+    np.testing.assert_array_equal(again.x_train, first.x_train)
+
+
+def test_load_text_corpus_names_a_corrupt_dictionary(cache):
+  """Pins a damaged gcide.dict.dz: the file and `make data-text` in the message."""
+  (cache / "gcide").mkdir(parents=True)
+  path = _write(cache / "gcide" / "gcide.dict.dz", b"\x1f\x8b garbage")
+  _write(cache / "gcide" / "gcide.index", b"")
+  with pytest.raises(ValueError, match=r"not a readable gzip stream.*`make"
+                     r" data-text`") as info:
+    data.load_text_corpus()
+  assert str(info.value).startswith(f"{path}: ")
 
 
 # ----------------------------------------------------------------------------

@@ -867,3 +867,23 @@ def test_public_names_exported():
   for name in ("cross_entropy", "soft_cross_entropy", "binary_cross_entropy",
                "zero_one_loss", "penalty"):
     assert callable(getattr(jaxsoftmax, name))
+
+
+def test_weights_with_smoothing_follow_the_documented_formula():
+  """c_y [(1-eps)(-log p_y) + eps/K sum_j -log p_j]; PyTorch's form via soft CE."""
+  rng = np.random.default_rng(7)
+  h = rng.normal(size=(6, 5))
+  y = rng.integers(0, 5, size=6)
+  c = rng.uniform(0.5, 3.0, size=5)
+  eps = 0.3
+  nll = -(h - np.log(np.exp(h).sum(-1, keepdims=True)))
+  ours = c[y] * ((1 - eps) * nll[np.arange(6), y] + eps / 5 * nll.sum(-1))
+  torch_form = ((1 - eps) * c[y] * nll[np.arange(6), y]
+                + eps / 5 * (nll * c).sum(-1))
+  got = cross_entropy(h, y, weights=c[y], label_smoothing=eps)
+  np.testing.assert_allclose(got, ours.sum() / c[y].sum(), rtol=1e-12)
+  q = (1 - eps) * c[y][:, None] * np.eye(5)[y] + eps / 5 * c
+  np.testing.assert_allclose(
+      soft_cross_entropy(h, q, reduction="sum") / c[y].sum(),
+      torch_form.sum() / c[y].sum(), rtol=1e-12)
+  assert not np.isclose(ours.sum(), torch_form.sum())

@@ -449,3 +449,16 @@ def test_micro_roc_auc_needs_no_every_class():
   expected = skm.roc_auc_score(np.eye(3)[labels].ravel(), _PROBS.ravel())
   np.testing.assert_allclose(roc_auc_ovr(_PROBS, labels, average="micro"),
                              expected, **TOL)
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.UndefinedMetricWarning")
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+def test_weighted_roc_auc_averages_over_the_classes_present(jit):
+  """A class absent from labels has weight 0, as in scikit-learn (not NaN)."""
+  labels = _LABELS % 2
+  expected = skm.roc_auc_score(labels, _PROBS, multi_class="ovr",
+                               average="weighted", labels=np.arange(3))
+  auc = _auc_jit if jit else roc_auc_ovr
+  got = auc(_PROBS, labels, average="weighted")
+  assert np.isfinite(got)
+  np.testing.assert_allclose(got, expected, **TOL)
