@@ -1,16 +1,20 @@
 # Each target that runs code depends on the venv stamp, so `make test` or `make demo`
 # on a fresh clone creates .venv first, and a later run reinstalls only when
-# pyproject.toml is newer than the stamp.
+# pyproject.toml is newer than the stamp. EXTRAS picks the optional
+# dependencies (`make gpu-check EXTRAS=dev,cuda` on a GPU machine); each set
+# has its own stamp, so switching sets installs the new one once.
 PYTHON ?= python3
-VENV := .venv
+VENV ?= .venv
+EXTRAS ?= dev
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+comma := ,
+STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: test demo gradient-check bench clean data data-fashion data-text
+.PHONY: test demo gradient-check bench gpu-check clean data data-fashion data-text
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
 	touch $(STAMP)
 
 test: $(STAMP)
@@ -25,6 +29,11 @@ gradient-check: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_loss.py
+
+# Tests, benchmarks and the MNIST job on the accelerator (under 8 minutes),
+# into results/gpu_check.json; on a CPU-only machine, its quick mode.
+gpu-check: $(STAMP)
+	$(PY) benchmarks/gpu_check.py
 
 # Datasets, fetched once into $JAXSOFTMAX_DATA (default ~/.cache/jaxsoftmax)
 # and checked against pinned SHA-256s; re-running a target is a no-op.
