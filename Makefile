@@ -1,16 +1,20 @@
 # Each target that runs code depends on the venv stamp, so `make test` or `make demo`
 # on a fresh clone creates .venv first, and a later run reinstalls only when
-# pyproject.toml is newer than the stamp.
+# pyproject.toml is newer than the stamp. EXTRAS picks the optional
+# dependencies (`make gpu-check EXTRAS=dev,docs,cuda` on a GPU machine); each set
+# has its own stamp, so switching sets installs the new one once.
 PYTHON ?= python3
-VENV := .venv
+VENV ?= .venv
+EXTRAS ?= dev,docs
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+comma := ,
+STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: test demo gradient-check bench docs clean data data-fashion data-text
+.PHONY: test demo gradient-check bench docs gpu-check clean data data-fashion data-text
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -e '.[dev,docs]'
+	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
 	touch $(STAMP)
 
 # Some tests read the real datasets, so a fresh machine fetches them first (a
@@ -34,6 +38,11 @@ bench: $(STAMP)
 SPHINXOPTS ?=
 docs: $(STAMP)
 	$(PY) -m sphinx -b html -W --keep-going -n $(SPHINXOPTS) docs docs/_build/html
+
+# Tests, benchmarks and the MNIST job on the accelerator (under 8 minutes),
+# into results/gpu_check.json; on a CPU-only machine, its quick mode.
+gpu-check: $(STAMP)
+	$(PY) benchmarks/gpu_check.py
 
 # Datasets, fetched once into $JAXSOFTMAX_DATA (default ~/.cache/jaxsoftmax)
 # and checked against pinned SHA-256s; re-running a target is a no-op.

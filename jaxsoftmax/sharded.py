@@ -19,7 +19,11 @@ Feature parallelism (the column split of seed 003) is offered for wide inputs:
 The same functions run on one device, on simulated CPU devices
 (``XLA_FLAGS=--xla_force_host_platform_device_count=8``), on GPUs/TPUs and on
 several hosts after ``jax.distributed.initialize`` (a mesh over
-``jax.devices()`` then spans the processes).
+``jax.devices()`` then spans the processes). They take any mesh
+(``jax.make_mesh``'s Explicit axes, Auto axes, a ``jax.sharding.Mesh``) and
+work eagerly, under ``jit`` and under ``grad``, with or without an enclosing
+``jax.set_mesh``: outside a mesh context they run on Auto axes, inside one
+they take the context's axis types (see ``_working_mesh``).
 """
 
 from __future__ import annotations
@@ -62,6 +66,29 @@ def _check_mesh(mesh, axis_name, data_axis_name):
     raise ValueError(
         f"data_axis_name and axis_name must differ; both are {axis_name!r}."
     )
+
+
+def _working_mesh(mesh: Mesh) -> Mesh:
+  """``mesh`` with the axis types of the enclosing mesh context, or Auto ones.
+
+  Explicit axes put the mesh into every output's type, and JAX then runs
+  operations on those outputs only inside ``jax.set_mesh`` (the
+  ones-cotangent that ``jax.grad`` builds eagerly, for one). Outside a
+  context, the same layout on Auto axes lets eager, jitted and differentiated
+  calls all work. Inside one, ``shard_map`` needs the context's axis types,
+  so a mesh that differs from the context only in them (``jax.make_mesh``
+  against ``jax.sharding.Mesh``) takes the context's; another mesh is left
+  for ``shard_map`` to reject.
+  """
+  context = jax.sharding.get_abstract_mesh()
+  if context.empty:
+    types = (AxisType.Auto,) * len(mesh.axis_names)
+  elif (context.axis_names, context.axis_sizes) == (mesh.axis_names,
+                                                    mesh.axis_sizes):
+    types = context.axis_types
+  else:
+    return mesh
+  return mesh if mesh.axis_types == types else mesh.update(axis_types=types)
 
 
 def pad_classes(
@@ -119,7 +146,7 @@ def _place(name, x, mesh, spec):
         f" over mesh axes {mesh.axis_names}; pass it unsharded (it will be"
         f" placed) or jax.device_put it with NamedSharding(mesh, {spec})."
     )
-  if all(t == AxisType.Explicit for t in mesh.axis_types):
+  if mesh.are_all_axes_explicit:
     return jax.reshard(x, want)
   return jax.device_put(x, want)
 
@@ -230,6 +257,11 @@ def _vp_ce_bwd(cfg, axes, mesh, res, ct):
 
 
 _vp_ce.defvjp(_vp_ce_fwd, _vp_ce_bwd)
+# Called eagerly, the shard_maps would be dispatched op by op and recompiled
+# on every call (their bodies are fresh partials); one jit keyed on the
+# static options compiles each configuration once. Under an outer jit or
+# grad it is inlined.
+_vp_ce_jit = jax.jit(_vp_ce, static_argnums=(5, 6, 7))
 
 
 def _check_operands(x, w, b, labels, weights):
@@ -348,6 +380,7 @@ def vocab_parallel_cross_entropy(
     cross-entropy; seed 003 of this project (row split of the output layer).
   """
   _check_mesh(mesh, axis_name, data_axis_name)
+  mesh = _working_mesh(mesh)
   x, w, b, labels, weights = _check_operands(x, w, b, labels, weights)
   if chunk_size is not None:
     v.check_positive_int("chunk_size", chunk_size)
@@ -380,7 +413,7 @@ def vocab_parallel_cross_entropy(
   args = (x, w, b, labels.astype(index_dtype), weights.astype(acc))
   args = tuple(_place(n, a, mesh, s) for n, a, s in
                zip(("x", "w", "b", "labels", "weights"), args, specs))
-  return _vp_ce(*args, cfg, axes, mesh)
+  return _vp_ce_jit(*args, cfg, axes, mesh)
 
 
 def feature_parallel_cross_entropy(
@@ -420,6 +453,7 @@ def feature_parallel_cross_entropy(
     Seed 003 of this project (the column split of a linear layer).
   """
   _check_mesh(mesh, axis_name, None)
+  mesh = _working_mesh(mesh)
   x, w, b, labels, _ = _check_operands(x, w, b, labels, None)
   _check_divisible("the number of features", w.shape[0], mesh, axis_name)
   v.check_finite("x", x)
@@ -431,16 +465,23 @@ def feature_parallel_cross_entropy(
           jnp.ones(labels.shape, x.dtype) if weights is None else weights)
   args = tuple(_place(n, a, mesh, s) for n, a, s in
                zip(("x", "w", "b", "labels", "weights"), args, specs))
+  return _feature_parallel(*args, tuple(sorted(loss_kwargs.items())), mesh,
+                           axis_name, specs)
+
+
+@functools.partial(jax.jit, static_argnums=(5, 6, 7, 8))
+def _feature_parallel(x, w, b, y, weights, loss_kwargs, mesh, axis_name,
+                      specs):
+  """The shard-mapped loss; jitted so that eager calls compile once."""
 
   def local(x, w, b, y, wt):
     acc = _numerics.accumulation_dtype(jnp.result_type(x, w))
     h = lax.psum(jnp.matmul(x, w, preferred_element_type=acc), axis_name)
     return cross_entropy(h + b.astype(acc)[None, :], y, weights=wt,
-                         **loss_kwargs)
+                         **dict(loss_kwargs))
 
-  out_spec = P()
-  return jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=out_spec)(
-      *args
+  return jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=P())(
+      x, w, b, y, weights
   )
 
 
@@ -482,6 +523,7 @@ def vocab_parallel_top_k(
     [[0, 1]]
   """
   _check_mesh(mesh, axis_name, None)
+  mesh = _working_mesh(mesh)
   x, w, b, _, _ = _check_operands(x, w, b, None, None)
   v.check_positive_int("k", k)
   if k > w.shape[1]:
@@ -493,6 +535,12 @@ def vocab_parallel_top_k(
   specs = (P(), P(None, axis_name), P(axis_name))
   args = tuple(_place(n, a, mesh, s) for n, a, s in
                zip(("x", "w", "b"), (x, w, b), specs))
+  return _top_k(*args, k, local_k, mesh, axis_name, specs)
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4, 5, 6, 7))
+def _top_k(x, w, b, k, local_k, mesh, axis_name, specs):
+  """The shard-mapped top k; jitted so that eager calls compile once."""
 
   def local(x, w, b):
     acc = _numerics.accumulation_dtype(jnp.result_type(x, w))
@@ -508,7 +556,7 @@ def vocab_parallel_top_k(
 
   return jax.shard_map(
       local, mesh=mesh, in_specs=specs, out_specs=(P(), P()), check_vma=False
-  )(*args)
+  )(x, w, b)
 
 
 def vocab_parallel_predict(
@@ -569,7 +617,9 @@ def _put(x: Any, sharding: NamedSharding) -> jax.Array:
     # device_put accepts host values on a mesh spanning several processes:
     # each process keeps the shards of its own devices.
     return jax.device_put(x, sharding)
-  if all(t == AxisType.Explicit for t in sharding.mesh.axis_types):
+  mesh = _working_mesh(sharding.mesh)
+  sharding = NamedSharding(mesh, sharding.spec)
+  if mesh.are_all_axes_explicit:
     return jax.reshard(x, sharding)
   return lax.with_sharding_constraint(x, sharding)
 

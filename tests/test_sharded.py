@@ -1,10 +1,13 @@
 """Vocab-parallel losses equal their single-device counterparts on any mesh."""
 
+import contextlib
 import functools
 
 import jax
 import jax.numpy as jnp
 import jax.test_util
+from jax.sharding import AxisType
+from jax.sharding import Mesh
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 import numpy as np
@@ -137,14 +140,113 @@ def test_smoothing_is_over_the_global_classes():
   np.testing.assert_allclose(losses, losses[0], rtol=1e-13)
 
 
-def test_eager_grad_inside_a_mesh_context():
-  mesh = _mesh(2)
-  x, w, b, y, _ = _problem(7, 4, 3, 9)
-  f = lambda w: sharded.vocab_parallel_cross_entropy(x, w, b, y, mesh=mesh)
-  with jax.set_mesh(mesh):
-    g = jax.grad(f)(w)
-  ref = jax.grad(lambda w: cross_entropy(x @ w + b[None, :], y))(w)
-  np.testing.assert_allclose(g, ref, rtol=1e-12)
+def _any_mesh(kind, shape, names):
+  """The three meshes a user builds: jax.make_mesh's default (Explicit axes),
+  Auto axes, and a plain jax.sharding.Mesh."""
+  size = int(np.prod(shape))
+  if size > jax.device_count():
+    pytest.skip(f"needs {size} devices, have {jax.device_count()}")
+  if kind == "make_mesh":
+    return jax.make_mesh(shape, names)
+  if kind == "auto":
+    return jax.make_mesh(shape, names, axis_types=(AxisType.Auto,) * len(shape))
+  return Mesh(np.asarray(jax.devices()[:size]).reshape(shape), names)
+
+
+def _class_split(mesh, w, b):
+  return sharded.shard_params((w, b), mesh, (P(None, "model"), P("model")))
+
+
+# Each case: (mesh shape, mesh axes, the sharded call, its single-device
+# reference, whether w and b are placed with shard_params first). Every call
+# returns (outputs, a scalar to differentiate).
+def _vocab_ce(mesh, x, w, b, y, wt):
+  loss = sharded.vocab_parallel_cross_entropy(
+      x, w, b, y, mesh=mesh, data_axis_name="data", weights=wt,
+      label_smoothing=0.1, chunk_size=2)
+  return loss, loss
+
+
+def _feature_ce(mesh, x, w, b, y, wt):
+  loss = sharded.feature_parallel_cross_entropy(
+      x, w, b, y, mesh=mesh, weights=wt, label_smoothing=0.1)
+  return loss, loss
+
+
+def _ce_reference(mesh, x, w, b, y, wt):
+  loss = cross_entropy(x @ w + b[None, :], y, weights=wt, label_smoothing=0.1)
+  return loss, loss
+
+
+def _top_k(mesh, x, w, b, y, wt):
+  vals, ids = sharded.vocab_parallel_top_k(x, w, b, 3, mesh=mesh)
+  pred = sharded.vocab_parallel_predict(x, w, b, mesh=mesh)
+  return (vals, ids, pred), jnp.sum(vals * wt[:, None])
+
+
+def _top_k_reference(mesh, x, w, b, y, wt):
+  vals, ids = jax.lax.top_k(x @ w + b[None, :], 3)
+  return (vals, ids, ids[:, 0]), jnp.sum(vals * wt[:, None])
+
+
+def _placement(mesh, x, w, b, y, wt):
+  w, b = _class_split(mesh, w, b)
+  x = sharded.shard_params(x, mesh, P("data"))
+  return (w, b, x), jnp.sum(w ** 2) + jnp.sum(x @ w * b[None, :])
+
+
+def _placement_reference(mesh, x, w, b, y, wt):
+  return (w, b, x), jnp.sum(w ** 2) + jnp.sum(x @ w * b[None, :])
+
+
+MESH_CASES = {
+    "vocab_parallel_cross_entropy": ((2, 2), ("data", "model"), _vocab_ce,
+                                     _ce_reference, False),
+    "vocab_parallel_cross_entropy_placed": ((2, 2), ("data", "model"),
+                                            _vocab_ce, _ce_reference, True),
+    "feature_parallel_cross_entropy": ((2,), ("model",), _feature_ce,
+                                       _ce_reference, False),
+    "vocab_parallel_top_k_and_predict": ((4,), ("model",), _top_k,
+                                         _top_k_reference, True),
+    "shard_params": ((2, 2), ("data", "model"), _placement,
+                     _placement_reference, False),
+}
+
+
+@pytest.mark.parametrize("in_context", [False, True],
+                         ids=["no_context", "set_mesh"])
+@pytest.mark.parametrize("kind", ["make_mesh", "auto", "Mesh"])
+@pytest.mark.parametrize("case", MESH_CASES)
+def test_eager_jit_and_grad_agree_on_every_mesh_kind(case, kind, in_context):
+  """Pins the bug where jax.grad of a sharded loss failed eagerly on a
+  jax.make_mesh mesh (Explicit axes) outside jax.set_mesh: "Length of device
+  assignment 1 is not equal to the size of the mesh 2"."""
+  shape, names, call, reference, placed = MESH_CASES[case]
+  mesh = _any_mesh(kind, shape, names)
+  x, w, b, y, wt = _problem(13, 8, 4, 12)
+  scope = jax.set_mesh(mesh) if in_context else contextlib.nullcontext()
+  with scope:
+    args = (x, *_class_split(mesh, w, b)) if placed else (x, w, b)
+    outputs = lambda x, w, b: call(mesh, x, w, b, y, wt)[0]
+    scalar = lambda x, w, b: call(mesh, x, w, b, y, wt)[1]
+    grad = jax.grad(scalar, argnums=(0, 1, 2))
+    got = {
+        "eager": outputs(*args),
+        "jit": jax.jit(outputs)(*args),
+        "grad": grad(*args),
+        "jit_grad": jax.jit(grad)(*args),
+    }
+  want_outputs, _ = reference(mesh, x, w, b, y, wt)
+  want_grad = jax.grad(lambda *a: reference(mesh, *a, y, wt)[1],
+                       argnums=(0, 1, 2))(x, w, b)
+  want = {"eager": want_outputs, "jit": want_outputs, "grad": want_grad,
+          "jit_grad": want_grad}
+  for way in got:
+    jax.tree.map(
+        functools.partial(np.testing.assert_allclose, rtol=1e-12, atol=1e-12,
+                          err_msg=f"{case} on {kind}, {way}"),
+        got[way], want[way],
+    )
 
 
 def test_presharded_inputs_and_output_layout():
