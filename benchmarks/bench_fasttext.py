@@ -115,7 +115,7 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--quick", action="store_true")
   parser.add_argument("--eval-examples", type=int, default=4096)
-  parser.add_argument("--softmax-rows", type=int, default=100_000)
+  parser.add_argument("--softmax-rows", type=int, default=20_000)
   parser.add_argument("--embed-dim", type=int, default=32)
   parser.add_argument("--lr", type=float, default=0.1,
                       help="fastText's learning rate (its default)")

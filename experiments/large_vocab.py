@@ -138,7 +138,8 @@ def run_one(corpus, label: str, method: str, options: dict,
   history = lv.train(
       (model, head), corpus, key=jax.random.key(args.seed),
       budget_seconds=args.budget_seconds, batch_size=args.batch_size,
-      optimizer=make_optimizer("adam", args.learning_rate),
+      optimizer=(None if args.learning_rate is None
+                 else make_optimizer("adam", args.learning_rate)),
       num_checkpoints=args.checkpoints, eval_examples=args.eval_examples)
   return {
       "K": k,
@@ -202,11 +203,14 @@ def main() -> None:
                       help="noise samples for NCE and negative sampling")
   parser.add_argument("--budget-seconds", type=float, default=10.0,
                       help="training time per run (compile and eval excluded)")
-  parser.add_argument("--batch-size", type=int, default=256)
+  parser.add_argument("--batch-size", type=int, default=None,
+                      help="rows per step (default: each method's, see"
+                      " large_vocab.TRAIN_DEFAULTS)")
   parser.add_argument("--context", type=int, default=4)
   parser.add_argument("--embed-dim", type=int, default=64)
   parser.add_argument("--hidden-dim", type=int, default=128)
-  parser.add_argument("--learning-rate", type=float, default=5e-3)
+  parser.add_argument("--learning-rate", type=float, default=None,
+                      help="Adam's (default: each method's)")
   parser.add_argument("--num-clusters", default="auto",
                       help="class-based clusters C, or 'auto'")
   parser.add_argument("--eval-examples", type=int, default=4096)
@@ -242,7 +246,8 @@ def main() -> None:
              "temp MiB"]
   print()
   print(f"Held-out exact perplexity after {args.budget_seconds:g} s of"
-        f" training (batch {args.batch_size}, Adam {args.learning_rate:g},"
+        f" training (batch {args.batch_size or 'per method'}, Adam"
+        f" {args.learning_rate or 'per method'},"
         f" {args.eval_examples} test rows):")
   print(reporting.format_table(rows, columns))
   reporting.RESULTS_DIR.mkdir(parents=True, exist_ok=True)

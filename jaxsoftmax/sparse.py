@@ -173,7 +173,7 @@ def _map_state(optimizer, on_params, on_other, grads, params, *states):
 
   def visit(slot, *leaves):
     if isinstance(slot, _Slot):
-      return jax.tree.map(lambda *a: on_params(*a), *leaves, grads, params)
+      return jax.tree.map(on_params, *leaves, grads, params)
     return on_other(*leaves)
 
   try:
@@ -337,30 +337,25 @@ def apply_updates(
   def sparse_leaf(g):
     return _is_rows(g) and g.ids is not None
 
-  def take(a, g, p):
-    del p
+  def take(a, g, *_):
     if not sparse_leaf(g):
       return a
     return jnp.take(a, g.ids, axis=0, mode="fill", fill_value=0)
 
-  values = jax.tree.map(lambda g: g.values if _is_rows(g) else g, grads,
-                        is_leaf=_is_rows)
-  rows = jax.tree.map(lambda g, p: take(p, g, p), grads, params,
-                      is_leaf=_is_rows)
-  state_rows = _map_state(optimizer, take, lambda a: a, grads, params,
-                          opt_state)
-  updates, new_rows = optimizer.update(values, state_rows, rows)
-  new_params = optax.apply_updates(rows, updates)
-
-  def put(a, new, g, p):
-    del p
+  def put(a, new, g, *_):
     if not sparse_leaf(g):
       return new
     return a.at[g.ids].set(new.astype(a.dtype), mode="drop",
                            indices_are_sorted=True)
 
-  params = jax.tree.map(lambda p, new, g: put(p, new, g, p), params,
-                        new_params, grads, is_leaf=None)
+  values = jax.tree.map(lambda g: g.values if _is_rows(g) else g, grads,
+                        is_leaf=_is_rows)
+  rows = jax.tree.map(take, params, grads)
+  state_rows = _map_state(optimizer, take, lambda a: a, grads, params,
+                          opt_state)
+  updates, new_state_rows = optimizer.update(values, state_rows, rows)
+  params = jax.tree.map(put, params, optax.apply_updates(rows, updates),
+                        grads)
   opt_state = _map_state(optimizer, put, lambda _, new: new, grads, params,
-                         opt_state, new_rows)
+                         opt_state, new_state_rows)
   return params, opt_state

@@ -224,7 +224,7 @@ def test_parameters_match_the_method():
     return {path: variable.shape for path, variable in flat}
 
   # Per-class tables are class-major; the cluster layer is dense.
-  assert params("full") == {("w",): (K, D), ("b",): (K,)}
+  assert params("full") == {("w",): (D, K), ("b",): (K,)}
   assert params("nce") == {("w",): (K, D), ("b",): (K,)}
   assert params("hierarchical_huffman") == {("node_w",): (K - 1, D),
                                             ("node_b",): (K - 1,)}
