@@ -189,7 +189,8 @@ def cross_entropy(
   (both means divide by :math:`\sum_i c_{y_i}`). For :math:`h = (0, 1,
   2)`, :math:`y = 0`, :math:`c = (1, 2, 3)` and :math:`\varepsilon = 0.3`
   they give 2.1076 and 2.3299. The two agree when :math:`\varepsilon = 0`
-  or the weights are equal. PyTorch's form is :func:`soft_cross_entropy`
+  or the weights are equal. PyTorch's form is
+  :func:`~jaxsoftmax.soft_cross_entropy`
   with the target :math:`(1 - \varepsilon) c_y e_y + \frac{\varepsilon}{K}
   c` summed and divided by :math:`\sum_i c_{y_i}` (see Examples).
 

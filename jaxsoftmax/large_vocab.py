@@ -116,11 +116,12 @@ _OPTIONS: dict[str, dict[str, Any]] = {
     "hierarchical_balanced": {},
     "class_based": {"num_clusters": None},
 }
-# (batch size, Adam learning rate) per method: the fastest-learning settings
-# measured at equal wall time (10 s, full GCIDE vocabulary, 2 CPU cores,
-# row-sparse updates): small batches, since a row-sparse step costs a few
-# milliseconds and more steps beat bigger ones there; the trees take the
-# smallest, whose per-row paths make their step grow fastest with the batch.
+#: ``method -> (batch size, Adam learning rate)``, :func:`train`'s defaults:
+#: the fastest-learning settings measured at equal wall time (10 s, the full
+#: GCIDE vocabulary, 2 CPU cores, row-sparse updates). Small batches, since
+#: a row-sparse step costs a few milliseconds and more steps beat bigger
+#: ones there; the trees take the smallest, as their per-row paths make
+#: their step grow fastest with the batch.
 TRAIN_DEFAULTS = {
     "full": (256, 2e-3),
     "sampled": (256, 5e-3),
