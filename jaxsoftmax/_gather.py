@@ -27,6 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxsoftmax import _numerics
+
 # The id of a padding slot in a Rows view: larger than any class id, so a
 # view stays sorted, and out of range, so a scatter with mode="drop" skips it.
 PAD = np.iinfo(np.int32).max
@@ -59,6 +61,12 @@ def lookup(table: Rows, ids: jax.Array) -> tuple[jax.Array, jax.Array | None]:
   n = table.ids.shape[0]
   pos = jnp.minimum(jnp.searchsorted(table.ids, ids), n - 1)
   return jnp.take(table.values, pos, axis=0), table.ids[pos] == ids
+
+
+def accumulation(*tables):
+  """The accumulation dtype of arrays and Rows views (their values')."""
+  arrays = [t.values if isinstance(t, Rows) else t for t in tables]
+  return _numerics.accumulation_dtype(jnp.result_type(*arrays))
 
 
 def _mark_missing(s, found):

@@ -584,11 +584,6 @@ def _check_weights(weights, batch, dtype):
   return weights.astype(dtype)
 
 
-def _acc_dtype(*arrays):
-  arrays = [a.values if isinstance(a, _gather.Rows) else a for a in arrays]
-  return _numerics.accumulation_dtype(jnp.result_type(*arrays))
-
-
 # ----------------------------------------------------------------------------
 # Hierarchical softmax.
 # ----------------------------------------------------------------------------
@@ -672,7 +667,7 @@ def hierarchical_softmax_loss(
   v.check_reduction(reduction)
   num_classes = tree.num_classes
   labels = _check_labels(labels, x.shape[0], num_classes, ignore_index)
-  acc = _acc_dtype(x, node_w)
+  acc = _gather.accumulation(x, node_w)
   weights = _check_weights(weights, x.shape[0], acc)
   valid = jnp.ones(labels.shape, bool)
   if ignore_index is not None:
@@ -741,7 +736,7 @@ def hierarchical_log_probs(
   node_w, node_b = _check_node_params(x, node_w, node_b, tree)
   node_w = _gather.dense("node_w", node_w)
   node_b = _gather.dense("node_b", node_b)
-  acc = _acc_dtype(x, node_w)
+  acc = _gather.accumulation(x, node_w)
   init = jnp.zeros((x.shape[0], tree.num_classes), acc)
   if tree.num_nodes == 0:
     # A lone class has probability 1 and no node scores to gather from.
@@ -840,7 +835,7 @@ def class_based_softmax_loss(
   v.check_reduction(reduction)
   num_classes = clusters.num_classes
   labels = _check_labels(labels, x.shape[0], num_classes, ignore_index)
-  acc = _acc_dtype(x, cluster_w, w)
+  acc = _gather.accumulation(x, cluster_w, w)
   valid = jnp.ones(labels.shape, bool)
   if ignore_index is not None:
     valid = labels != ignore_index
@@ -910,7 +905,7 @@ def class_based_log_probs(
   x = _check_x(x)
   cluster_w, cluster_b, w, b = _check_class_params(x, params, clusters)
   w, b = _gather.dense("params['w']", w), _gather.dense("params['b']", b)
-  acc = _acc_dtype(x, cluster_w, w)
+  acc = _gather.accumulation(x, cluster_w, w)
   z = jnp.matmul(x, cluster_w, preferred_element_type=acc)
   z = z + cluster_b.astype(acc)[None, :]
   log_p_cluster = z - _numerics.logsumexp(z)[:, None]

@@ -40,7 +40,6 @@ from jax.typing import ArrayLike
 
 from jaxsoftmax import _gather
 from jaxsoftmax import _losses
-from jaxsoftmax import _numerics
 from jaxsoftmax import _validation as v
 from jaxsoftmax import samplers as _samplers
 
@@ -58,15 +57,15 @@ def _check_inputs(x, w, b, labels, sampler, num_samples, weights,
   v.check_floating("x", x)
   v.check_rank("x", x, 2, "[batch, num_features]")
   w, b = _as_table(w), _as_table(b)
-  _check_sampler(sampler)
-  num_classes = sampler.num_classes
   if isinstance(w, _gather.Rows):
+    _check_sampler(sampler)
     num_features = _gather.table_shape("w", w, 2)[1]
   else:
     v.check_floating("w", w)
     v.check_rank("w", w, 2, "[num_features, num_classes]")
     _check_sampler(sampler, w)
     num_features = w.shape[0]
+  num_classes = sampler.num_classes
   if isinstance(b, _gather.Rows):
     _gather.table_shape("b", b, 1)
   else:
@@ -84,7 +83,7 @@ def _check_inputs(x, w, b, labels, sampler, num_samples, weights,
   v.check_ignore_index(ignore_index)
   v.check_labels_in_range("labels", labels, num_classes, ignore_index)
   v.check_finite("x", x)
-  acc = _accumulation(x, w, b)
+  acc = _gather.accumulation(x, w, b)
   if weights is None:
     weights = jnp.ones(labels.shape, acc)
   else:
@@ -98,11 +97,6 @@ def _check_inputs(x, w, b, labels, sampler, num_samples, weights,
 
 def _as_table(w):
   return w if isinstance(w, _gather.Rows) else jnp.asarray(w)
-
-
-def _accumulation(x, w, b):
-  values = [t.values if isinstance(t, _gather.Rows) else t for t in (w, b)]
-  return _numerics.accumulation_dtype(jnp.result_type(x, *values))
 
 
 def _check_sampler(sampler, w=None):
@@ -308,7 +302,7 @@ def sampled_softmax_loss(
   _check_bool("remove_accidental_hits", remove_accidental_hits)
   _check_bool("shared", shared)
   _check_bool("replace", replace)
-  acc = _accumulation(x, w, b)
+  acc = _gather.accumulation(x, w, b)
   batch, num_classes = x.shape[0], sampler.num_classes
   valid, in_range, safe = _rows(labels, num_classes, ignore_index)
   ids, log_count, filled = _candidates(
@@ -423,7 +417,7 @@ def nce_loss(
       x, w, b, labels, sampler, num_samples, weights, ignore_index, reduction)
   _check_bool("remove_accidental_hits", remove_accidental_hits)
   _check_bool("shared", shared)
-  acc = _accumulation(x, w, b)
+  acc = _gather.accumulation(x, w, b)
   batch, num_classes = x.shape[0], sampler.num_classes
   valid, in_range, safe = _rows(labels, num_classes, ignore_index)
   ids, log_count, keep = _candidates(key, x, sampler, num_samples, shared,
@@ -521,7 +515,7 @@ def negative_sampling_loss(
   _check_bool("remove_accidental_hits", remove_accidental_hits)
   _check_bool("shared", shared)
   _check_bool("replace", replace)
-  acc = _accumulation(x, w, b)
+  acc = _gather.accumulation(x, w, b)
   batch, num_classes = x.shape[0], sampler.num_classes
   valid, in_range, safe = _rows(labels, num_classes, ignore_index)
   ids, _, keep = _candidates(key, x, sampler, num_samples, shared, replace,
