@@ -236,7 +236,7 @@ def cross_entropy(
     >>> c, eps = jnp.array([1.0, 2.0, 3.0]), 0.3
     >>> print(f"{float(cross_entropy(h, y, weights=c[y], label_smoothing=eps)):.4f}")
     2.1076
-    >>> q = (1 - eps) * c[y][:, None] * jax.nn.one_hot(y, 3) + eps / 3 * c
+    >>> q = (1 - eps) * c[y][:, None] * jax.nn.one_hot(y, 3) + eps / 3 * c[None]
     >>> print(f"{float(soft_cross_entropy(h, q, reduction='sum') / c[y].sum()):.4f}")
     2.3299
 
