@@ -64,7 +64,7 @@ def mixup(
   References:
     H. Zhang, M. Cisse, Y. N. Dauphin, D. Lopez-Paz, "mixup: Beyond empirical
     risk minimization", ICLR (2018); "Multilayer perceptron (MLP)", soft
-    labels / mixup (seed 003).
+    labels / mixup (blog post, 2024).
   """
   v.check_prng_key("key", key)
   x = jnp.asarray(x)

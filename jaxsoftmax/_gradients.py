@@ -172,7 +172,7 @@ def softmax_regression_loss(
   References:
     E. Kim, "ML refresher / softmax regression", Data 188 lecture 2 (2026);
     "Multilayer perceptron (MLP)", class weights for imbalanced classes
-    (seed 003).
+    (blog post, 2024).
   """
   logits = _models.linear_logits(params, x)
   weights = _example_weights(class_weights, labels, logits.shape[-1])
@@ -235,7 +235,7 @@ def softmax_regression_value_and_grad(
     E. Kim, "ML refresher / softmax regression", Data 188 lecture 2 (2026):
     :math:`\nabla_\Theta \ell_{ce}(X\Theta, y) = X^\top (Z - I_y)`;
     "Training multinomial logistic regression at scale", sparse features
-    (seed 000).
+    (textbook chapter).
   """
   w, b = params["w"], params["b"]
   _models.check_layer("params", w, b)
@@ -380,7 +380,7 @@ def mlp_value_and_grad(
 
   References:
     "Multilayer perceptron (MLP)", backward pass: :math:`\partial L/\partial O
-    = P - Y`, then layer by layer (seed 003); N. Srivastava et al., "Dropout:
+    = P - Y`, then layer by layer (blog post, 2024); N. Srivastava et al., "Dropout:
     a simple way to prevent neural networks from overfitting", JMLR 15
     (2014).
   """

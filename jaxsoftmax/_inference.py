@@ -140,7 +140,7 @@ def predict(
 
   References:
     "Training multinomial logistic regression at scale", production
-    inference: batch prediction (seed 000).
+    inference: batch prediction (textbook chapter).
   """
   x, temperature = _prepare(x, 1.0, batch_size, logits_fn)
   return _evaluate(
@@ -244,7 +244,7 @@ def top_k(
 
   References:
     "Training multinomial logistic regression at scale", production
-    inference: top-k prediction (seed 000).
+    inference: top-k prediction (textbook chapter).
   """
   x, temperature = _prepare(x, temperature, batch_size, logits_fn)
   v.check_positive_int("k", k)

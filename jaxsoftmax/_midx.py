@@ -45,8 +45,8 @@ Per query the codeword stages cost :math:`O(K_c d + K_c^2)`, plus
 :math:`\log q`, so the log-q correction of the sampled losses is right.
 
 References:
-  "MIDX: efficient and adaptive sampled softmax with an inverted
-  multi-index" (seed 002); H. Jegou, M. Douze, C. Schmid, "Product
+  "Adaptive sampled softmax with inverted multi-index: methods, theory and
+  applications", arXiv preprint (January 2025); H. Jegou, M. Douze, C. Schmid, "Product
   quantization for nearest neighbor search", IEEE TPAMI 33(1) (2011);
   A. Babenko, V. Lempitsky, "The inverted multi-index", CVPR (2012);
   D. Arthur, S. Vassilvitskii, "k-means++: the advantages of careful
@@ -571,8 +571,8 @@ def midx(
     True
 
   References:
-    "MIDX: efficient and adaptive sampled softmax with an inverted
-    multi-index" (seed 002).
+    "Adaptive sampled softmax with inverted multi-index: methods, theory
+    and applications", arXiv preprint (January 2025).
   """
   w = jnp.asarray(w)
   v.check_floating("w", w)

@@ -120,7 +120,7 @@ def linear_logits(
   References:
     E. Kim, "ML refresher / softmax regression", Data 188 lecture 2 (2026);
     "Training multinomial logistic regression at scale", sparse features
-    (seed 000).
+    (textbook chapter).
   """
   if not isinstance(x, sparse.BCOO):
     x = jnp.asarray(x)
@@ -233,7 +233,7 @@ def mlp_logits(
     (2, 3)
 
   References:
-    "Multilayer perceptron (MLP)", forward pass and dropout (seed 003);
+    "Multilayer perceptron (MLP)", forward pass and dropout (blog post, 2024);
     N. Srivastava et al., "Dropout: a simple way to prevent neural networks
     from overfitting", JMLR 15 (2014).
   """

@@ -103,7 +103,7 @@ def make_schedule(
 
   References:
     "Training multinomial logistic regression at scale", learning-rate
-    scheduling (seed 000); I. Loshchilov, F. Hutter, "SGDR: stochastic
+    scheduling (textbook chapter); I. Loshchilov, F. Hutter, "SGDR: stochastic
     gradient descent with warm restarts" (2017).
   """
   if name not in SCHEDULES:
@@ -256,7 +256,7 @@ def make_optimizer(
     I. Loshchilov, F. Hutter, "Decoupled weight decay regularization" (2019);
     D. Liu, J. Nocedal, "On the limited memory BFGS method for large scale
     optimization" (1989); "Multilayer perceptron (MLP)", optimizers and
-    training tricks (seed 003).
+    training tricks (blog post, 2024).
   """
   if name not in OPTIMIZERS:
     raise ValueError(f"optimizer must be one of {OPTIMIZERS}; got {name!r}.")

@@ -294,7 +294,7 @@ def sampled_softmax_loss(
     A. S. Rawat et al., "Sampled softmax with random Fourier features",
     NeurIPS (2019) (the uncorrected label logit); J. Chen et al., "Adaptive
     sampled softmax with inverted multi-index: methods, theory and
-    applications", arXiv:2501.08563 (2025).
+    applications", (2025).
   """
   v.check_prng_key("key", key)
   x, w, b, labels, weights = _check_inputs(

@@ -174,7 +174,7 @@ def softmax_regression_hessian(
   References:
     D. Böhning, "Multinomial logistic regression algorithm", Annals of the
     Institute of Statistical Mathematics 44 (1992); "Training multinomial
-    logistic regression at scale", second-order methods (seed 000).
+    logistic regression at scale", second-order methods (textbook chapter).
   """
   x, labels = _check_problem(params, x, labels, l2)
   return _hessian(params, x, l2)
@@ -358,7 +358,7 @@ def newton_solve(
     J. Nocedal, S. J. Wright, "Numerical Optimization", 2nd ed., Springer
     (2006), Algorithm 3.1 (backtracking) and section 3.4 (Newton with
     Hessian modification); "Training multinomial logistic regression at
-    scale", second-order methods (seed 000).
+    scale", second-order methods (textbook chapter).
   """
   x, labels = _check_problem(params, x, labels, l2)
   _validation.check_positive_int("max_iter", max_iter)

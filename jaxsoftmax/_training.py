@@ -758,7 +758,7 @@ def fit(
     ([1, 2, 3], True)
 
   References:
-    "Training multinomial logistic regression at scale" (seed 000):
+    "Training multinomial logistic regression at scale" (textbook chapter):
     mini-batch SGD, early stopping, mixed precision. L. Prechelt, "Early
     stopping - but when?", Neural Networks: Tricks of the Trade (1998).
   """

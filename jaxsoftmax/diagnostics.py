@@ -31,7 +31,7 @@ References:
   Y. Bengio, J.-S. Senécal, "Adaptive importance sampling to accelerate
   training of a neural probabilistic language model", IEEE TNN 19(4) (2008);
   J. Chen et al., "Adaptive sampled softmax with inverted multi-index:
-  methods, theory and applications", arXiv:2501.08563 (2025).
+  methods, theory and applications", (2025).
 """
 
 from __future__ import annotations

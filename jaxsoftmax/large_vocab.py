@@ -46,8 +46,8 @@ all of ``w`` through its moments, so every step costs at least
 References:
   Y. Bengio, R. Ducharme, P. Vincent, C. Jauvin, "A neural probabilistic
   language model", JMLR 3 (2003); "Training multinomial logistic regression
-  at scale", very large K (seed 000); J. Chen et al., "Adaptive sampled
-  softmax with inverted multi-index" (2025) (seed 002).
+  at scale", very large K (textbook chapter); J. Chen et al., "Adaptive sampled
+  softmax with inverted multi-index" (2025).
 """
 
 from __future__ import annotations

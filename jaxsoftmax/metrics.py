@@ -326,7 +326,7 @@ def precision_recall_f1(
 
   References:
     scikit-learn, ``sklearn.metrics.precision_recall_fscore_support``;
-    "Multilayer perceptron (MLP)", evaluation metrics (seed 003).
+    "Multilayer perceptron (MLP)", evaluation metrics (blog post, 2024).
   """
   _check_option("average", average, PRF_AVERAGES)
   labels, predictions = _label_pair(labels, predictions, num_classes)
@@ -758,7 +758,7 @@ def average_calibration_error(
   References:
     J. Nixon, M. W. Dusenberry, L. Zhang, G. Jerfel, D. Tran, "Measuring
     calibration in deep learning", CVPR Workshops (2019); "Multilayer
-    perceptron (MLP)", calibration (seed 003).
+    perceptron (MLP)", calibration (blog post, 2024).
   """
   probs, labels = _probs_and_labels(probs, labels)
   _check_num_bins(num_bins)

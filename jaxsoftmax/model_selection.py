@@ -298,7 +298,7 @@ def train_softmax_regression(
 
   References:
     "Training multinomial logistic regression at scale", mini-batch SGD and
-    regularization (seed 000).
+    regularization (textbook chapter).
   """
   _check_config(config)
   x, labels = _check_problem(params, x, labels)
@@ -566,7 +566,7 @@ def cross_validate(
   References:
     T. Hastie, R. Tibshirani, J. Friedman, "The Elements of Statistical
     Learning", 2nd ed. (2009), section 7.10; "Training multinomial logistic
-    regression at scale", regularization (seed 000).
+    regression at scale", regularization (textbook chapter).
   """
   _check_config(config)
   x, labels = _check_problem(params, x, labels)
@@ -625,7 +625,7 @@ def weight_sparsity(params: Any, *, tol: ArrayLike = 0.0) -> jax.Array:
   References:
     R. Tibshirani, "Regression shrinkage and selection via the lasso", JRSS
     B 58 (1996); "Training multinomial logistic regression at scale", L1
-    sparsity (seed 000).
+    sparsity (textbook chapter).
   """
   v.check_nonnegative("tol", tol)
   leaves = [
@@ -688,7 +688,7 @@ def scaled_learning_rates(
   References:
     P. Goyal et al., "Accurate, large minibatch SGD: training ImageNet in 1
     hour", arXiv:1706.02677 (2017); "Training multinomial logistic
-    regression at scale", mini-batch training dynamics (seed 000).
+    regression at scale", mini-batch training dynamics (textbook chapter).
   """
   for b in batch_sizes:
     v.check_positive_int("batch_sizes entry", b)

@@ -120,7 +120,7 @@ class MLP(nnx.Module):
     (2, 3)
 
   References:
-    "Multilayer perceptron (MLP)" (seed 003); N. Srivastava et al., "Dropout:
+    "Multilayer perceptron (MLP)" (blog post, 2024); N. Srivastava et al., "Dropout:
     a simple way to prevent neural networks from overfitting", JMLR 15
     (2014).
   """

@@ -13,7 +13,8 @@ columns) and one ``psum`` for ``dx``. With a second, data-parallel mesh axis
 the rows are split too, and the reductions over rows (the mean's numerator
 and denominator, ``dw``, ``db``) are ``psum``-ed over it.
 
-Feature parallelism (the column split of seed 003) is offered for wide inputs:
+Feature parallelism (the column split of the output layer) is offered for wide
+inputs:
 ``w[d/P, :]`` per device, partial logits combined by one ``psum``.
 
 The same functions run on one device, on simulated CPU devices
@@ -377,7 +378,8 @@ def vocab_parallel_cross_entropy(
   References:
     M. Shoeybi et al., "Megatron-LM: training multi-billion parameter
     language models using model parallelism" (2019), the vocab-parallel
-    cross-entropy; seed 003 of this project (row split of the output layer).
+    cross-entropy; "Multilayer perceptron (MLP)" (blog post, 2024), the row
+    split of the output layer.
   """
   _check_mesh(mesh, axis_name, data_axis_name)
   mesh = _working_mesh(mesh)
