@@ -47,13 +47,13 @@ gpu-check: $(STAMP)
 # Datasets, fetched once into $JAXSOFTMAX_DATA (default ~/.cache/jaxsoftmax)
 # and checked against pinned SHA-256s; re-running a target is a no-op.
 data: $(STAMP)
-	$(PY) -m jaxsoftmax._fetch mnist
+	$(PY) -m jaxsoftmax.data.fetch mnist
 
 data-fashion: $(STAMP)
-	$(PY) -m jaxsoftmax._fetch fashion-mnist
+	$(PY) -m jaxsoftmax.data.fetch fashion-mnist
 
 data-text: $(STAMP)
-	$(PY) -m jaxsoftmax._fetch text
+	$(PY) -m jaxsoftmax.data.fetch text
 
 clean:
 	rm -rf $(VENV) results .pytest_cache .hypothesis docs/_build docs/api docs/notebooks

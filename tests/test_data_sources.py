@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxsoftmax import _fetch
+from jaxsoftmax.data import fetch
 from jaxsoftmax import data
 
 # ----------------------------------------------------------------------------
@@ -147,21 +147,21 @@ def test_data_dir_follows_environment(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "load, target, fetch",
+    "load, target, fetch_name",
     [
         (data.load_mnist, "make data", "mnist"),
         (data.load_fashion_mnist, "make data-fashion", "fashion-mnist"),
         (data.load_text_corpus, "make data-text", "text"),
     ],
 )
-def test_missing_dataset_names_the_command(cache, load, target, fetch):
+def test_missing_dataset_names_the_command(cache, load, target, fetch_name):
   """Pins FileNotFoundError with the directory, the make target and the fetch module."""
   with pytest.raises(FileNotFoundError) as info:
     load()
   message = str(info.value)
   assert str(cache) in message
   assert f"`{target}`" in message
-  assert f"python -m jaxsoftmax._fetch {fetch}" in message
+  assert f"python -m jaxsoftmax.data.fetch {fetch_name}" in message
 
 
 def test_load_mnist_from_idx_files(cache):
@@ -244,8 +244,8 @@ def test_load_mnist_names_a_corrupt_file_and_the_fetch_command(cache, corrupt):
     data.load_mnist()
   message = str(info.value)
   assert message.startswith(f"{path}: ")
-  assert "fetch MNIST again with `make data` (or `python -m jaxsoftmax._fetch" \
-      " mnist`)" in message
+  assert ("fetch MNIST again with `make data` (or `python -m"
+          " jaxsoftmax.data.fetch mnist`)") in message
 
 
 def test_load_fashion_mnist_names_a_corrupt_gzip_file(cache):
@@ -292,17 +292,17 @@ def test_load_text_corpus_names_a_corrupt_dictionary(cache):
 
 def test_fetch_tables_match_the_loaders():
   """Pins one file list: what the fetchers verify is what the loaders read."""
-  assert set(_fetch.MNIST_FILES) == set(data.MNIST.files)
-  assert set(_fetch.FASHION_FILES) == set(data.FASHION_MNIST.files)
-  assert set(_fetch.GCIDE_FILES) == set(data.GCIDE.files)
-  assert set(_fetch.FETCHERS) == {"mnist", "fashion-mnist", "text"}
+  assert set(fetch.MNIST_FILES) == set(data.MNIST.files)
+  assert set(fetch.FASHION_FILES) == set(data.FASHION_MNIST.files)
+  assert set(fetch.GCIDE_FILES) == set(data.GCIDE.files)
+  assert set(fetch.FETCHERS) == {"mnist", "fashion-mnist", "text"}
 
 
 def test_make_test_fetches_every_dataset():
   """Pins `make test` depending on each fetch target, so a fresh machine skips no data test."""
   makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
   prerequisites = re.search(r"^test:(.*)$", makefile, re.M).group(1).split()
-  assert {source.make_target for source, _ in _fetch.FETCHERS.values()} <= set(prerequisites)
+  assert {source.make_target for source, _ in fetch.FETCHERS.values()} <= set(prerequisites)
 
 
 def test_fetch_is_a_no_op_when_files_verify(cache, monkeypatch, capsys):
@@ -312,32 +312,32 @@ def test_fetch_is_a_no_op_when_files_verify(cache, monkeypatch, capsys):
       name: ("unused", hashlib.sha256((cache / "mnist" / name).read_bytes()).hexdigest())
       for name in data.MNIST.files
   }
-  monkeypatch.setattr(_fetch, "MNIST_FILES", sums)
+  monkeypatch.setattr(fetch, "MNIST_FILES", sums)
 
   def no_download(*args, **kwargs):
     raise AssertionError("a verified cache must not be downloaded again")
 
-  monkeypatch.setattr(_fetch, "_run", no_download)
-  assert _fetch.fetch_mnist() == cache / "mnist"
+  monkeypatch.setattr(fetch, "_run", no_download)
+  assert fetch.fetch_mnist() == cache / "mnist"
   assert "already in" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("name", ["mnist", "fashion-mnist", "text"])
 def test_failed_fetch_names_the_dataset_and_the_command(cache, monkeypatch, name):
   """Pins a fetch failure (make test runs three) -> exit naming the dataset, cause, command."""
-  source, _ = _fetch.FETCHERS[name]
+  source, _ = fetch.FETCHERS[name]
 
   def fail():
     raise RuntimeError("`apt-get` is not installed")
 
-  monkeypatch.setitem(_fetch.FETCHERS, name, (source, fail))
+  monkeypatch.setitem(fetch.FETCHERS, name, (source, fail))
   with pytest.raises(SystemExit) as info:
-    _fetch.main([name])
+    fetch.main([name])
   message = str(info.value.code)
   assert f"Could not fetch {source.title} into {cache}" in message
   assert "RuntimeError: `apt-get` is not installed" in message
   assert f"`make {source.make_target}`" in message
-  assert f"python -m jaxsoftmax._fetch {name}" in message
+  assert f"python -m jaxsoftmax.data.fetch {name}" in message
 
 
 def test_verified_deletes_a_corrupt_copy(tmp_path, capsys):
@@ -345,10 +345,10 @@ def test_verified_deletes_a_corrupt_copy(tmp_path, capsys):
   good = _write(tmp_path / "good", b"good")
   bad = _write(tmp_path / "bad", b"bad")
   sums = {"good": hashlib.sha256(b"good").hexdigest(), "bad": "0" * 64}
-  assert not _fetch._verified(tmp_path, sums)
+  assert not fetch._verified(tmp_path, sums)
   assert good.exists() and not bad.exists()
   assert "wrong SHA-256" in capsys.readouterr().out
-  assert _fetch._verified(tmp_path, {"good": sums["good"]})
+  assert fetch._verified(tmp_path, {"good": sums["good"]})
 
 
 def test_install_refuses_a_mismatching_file(tmp_path):
@@ -357,9 +357,9 @@ def test_install_refuses_a_mismatching_file(tmp_path):
   dest = tmp_path / "out" / "file"
   dest.parent.mkdir()
   with pytest.raises(ValueError, match="does not match the pinned " + "1" * 64):
-    _fetch._install(source, dest, "1" * 64)
+    fetch._install(source, dest, "1" * 64)
   assert not list(dest.parent.iterdir())
-  _fetch._install(source, dest, hashlib.sha256(b"payload").hexdigest())
+  fetch._install(source, dest, hashlib.sha256(b"payload").hexdigest())
   assert dest.read_bytes() == b"payload"
 
 

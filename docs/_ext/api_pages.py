@@ -50,7 +50,7 @@ LAYER_OF = {
     "_solvers": "training", "_checkpoint": "training", "_augment": "training",
     "_inference": "evaluation", "evaluation": "evaluation",
     "model_selection": "model_selection", "large_vocab": "large_vocab",
-    "data": "data", "_fetch": "data",
+    "data": "data",
     "reporting": "reporting", "plots": "reporting",
 }
 

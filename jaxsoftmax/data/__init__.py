@@ -3,7 +3,7 @@
 scikit-learn's digits ship with scikit-learn. MNIST, Fashion-MNIST and the
 GCIDE text corpus live in the cache directory :func:`data_dir` once fetched
 (``make data``, ``make data-fashion``, ``make data-text``, which run
-``python -m jaxsoftmax._fetch``); a loader whose files are missing raises
+``python -m jaxsoftmax.data.fetch``); a loader whose files are missing raises
 ``FileNotFoundError`` naming that command.
 """
 
@@ -153,7 +153,7 @@ class _Source(NamedTuple):
     return data_dir() / self.subdir
 
   def fetch_command(self) -> str:
-    return (f"`make {self.make_target}` (or `python -m jaxsoftmax._fetch"
+    return (f"`make {self.make_target}` (or `python -m jaxsoftmax.data.fetch"
             f" {self.fetch_name}`)")
 
   def require(self) -> Path:
@@ -402,7 +402,7 @@ def load_mnist(*, normalize: bool = True) -> Dataset:
   """MNIST handwritten digits: the published 60000 / 10000 split.
 
   Read from ``data_dir() / "mnist"``, filled once by ``make data``
-  (``python -m jaxsoftmax._fetch mnist``, which checks the SHA-256 of each
+  (``python -m jaxsoftmax.data.fetch mnist``, which checks the SHA-256 of each
   file). 28x28 images are flattened row by row.
 
   Args:
@@ -438,7 +438,7 @@ def load_fashion_mnist(*, normalize: bool = True) -> Dataset:
   A drop-in replacement for MNIST (same shapes, 10 classes: T-shirt/top,
   trouser, pullover, dress, coat, sandal, shirt, sneaker, bag, ankle boot),
   read from ``data_dir() / "fashion-mnist"``, filled once by
-  ``make data-fashion`` (``python -m jaxsoftmax._fetch fashion-mnist``).
+  ``make data-fashion`` (``python -m jaxsoftmax.data.fetch fashion-mnist``).
   The first load writes an uncompressed ``.npz`` beside the gzip'd IDX
   files, so later loads skip decompression.
 
@@ -994,7 +994,7 @@ def load_text_corpus(
 
   The Collaborative International Dictionary of English (Webster's 1913
   plus WordNet, GPL) from Debian's ``dict-gcide``, fetched once by
-  ``make data-text`` (``python -m jaxsoftmax._fetch text``). Each of its
+  ``make data-text`` (``python -m jaxsoftmax.data.fetch text``). Each of its
   126,236 entries is one document: markup, headword lines, etymologies and
   quotation authors are stripped, leaving definitions, usage notes and
   quotations: 3.56M words in 337k sentences, 112,530 distinct words. The

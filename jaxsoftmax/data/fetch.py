@@ -2,9 +2,9 @@
 
 Run once per machine (the Makefile targets call it)::
 
-  python -m jaxsoftmax._fetch mnist           # make data
-  python -m jaxsoftmax._fetch fashion-mnist   # make data-fashion
-  python -m jaxsoftmax._fetch text            # make data-text
+  python -m jaxsoftmax.data.fetch mnist          # make data
+  python -m jaxsoftmax.data.fetch fashion-mnist  # make data-fashion
+  python -m jaxsoftmax.data.fetch text           # make data-text
 
 Files go to ``jaxsoftmax.data.data_dir()`` (``$JAXSOFTMAX_DATA``, else
 ``~/.cache/jaxsoftmax``). Every file is checked against the SHA-256 pinned
@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> None:
   sees must say which dataset failed and how to fetch it alone.
   """
   parser = argparse.ArgumentParser(
-      prog="python -m jaxsoftmax._fetch", description=__doc__.splitlines()[0]
+      prog="python -m jaxsoftmax.data.fetch", description=__doc__.splitlines()[0]
   )
   parser.add_argument("dataset", choices=sorted(FETCHERS))
   args = parser.parse_args(argv)
@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> None:
         f"Could not fetch {source.title} into {source.directory()}:\n"
         f"{type(e).__name__}: {e}\n"
         f"Fix the cause above, then fetch {source.title} alone with"
-        f" `make {source.make_target}` (or `python -m jaxsoftmax._fetch"
+        f" `make {source.make_target}` (or `python -m jaxsoftmax.data.fetch"
         f" {args.dataset}`)."
     ) from e
   print(f"Done in {time.perf_counter() - start:.1f} s.")
