@@ -18,8 +18,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxsoftmax.data import fetch
 from jaxsoftmax import data
+from jaxsoftmax.data import _gcide
+from jaxsoftmax.data import _idx
+from jaxsoftmax.data import _text
+from jaxsoftmax.data import fetch
 
 # ----------------------------------------------------------------------------
 # Helpers.
@@ -50,8 +53,9 @@ def cache(tmp_path, monkeypatch):
   """
   root = tmp_path / "cache"
   monkeypatch.setenv("JAXSOFTMAX_DATA", str(root))
+  # Patched where the loaders look them up.
   for name in ("MNIST", "FASHION_MNIST"):
-    monkeypatch.setattr(data, name, getattr(data, name)._replace(counts=(6, 4)))
+    monkeypatch.setattr(_idx, name, getattr(_idx, name)._replace(counts=(6, 4)))
   return root
 
 
@@ -460,7 +464,7 @@ def _sentences(stream):
 
 def test_tokenize_words_sentences_documents():
   """Pins lowercase words ("cat's"), no digits, cuts at . ! ? and blank lines."""
-  stream = data._tokenize([
+  stream = _text._tokenize([
       "The Cat's hat, e.g. a fez! Is it 2.5 inches? Yes...\n\n  New sense here",
       "",
       "No final period\nstill one sentence",
@@ -527,7 +531,7 @@ def test_text_corpus_matches_reference(documents, context):
   corpus = data.build_text_corpus(
       documents, vocab_size=None, context=context, test_fraction=0.25, block_size=3
   )
-  docs = _sentences(data._tokenize(documents))
+  docs = _sentences(_text._tokenize(documents))
   train_docs = _train_documents(corpus, docs)
   test_docs = [d for d in range(len(docs)) if d not in train_docs]
   assert train_docs and test_docs
@@ -587,7 +591,7 @@ def test_text_corpus_unknown_words(documents):
 
 def test_text_corpus_split_by_blocks(documents):
   """Pins whole blocks per side, >= test_fraction of the words held out (by < 1 block), seeded."""
-  stream = data._tokenize(documents)
+  stream = _text._tokenize(documents)
   docs = _sentences(stream)
   split = functools.partial(
       data.build_text_corpus, documents, vocab_size=None, test_fraction=0.3, block_size=4
@@ -612,7 +616,7 @@ def test_text_corpus_split_by_blocks(documents):
 
 def test_text_corpus_max_tokens(documents):
   """Pins max_tokens -> a subset of whole blocks with at most that many words."""
-  total = len(data._tokenize(documents).ids)
+  total = len(_text._tokenize(documents).ids)
   small = data.build_text_corpus(
       documents, max_tokens=total // 2, test_fraction=0.2, block_size=2
   )
@@ -687,18 +691,18 @@ def _gcide_files(directory):
 
 def test_dictd_numbers():
   """Pins dictd's base-64 offsets: 'A' = 0, 'BA' = 64, round trip of a large value."""
-  assert data._dictd_number("A") == 0 and data._dictd_number("/") == 63
-  assert data._dictd_number("BA") == 64
-  assert data._dictd_number(_dictd(39952096)) == 39952096
+  assert _gcide._dictd_number("A") == 0 and _gcide._dictd_number("/") == 63
+  assert _gcide._dictd_number("BA") == 64
+  assert _gcide._dictd_number(_dictd(39952096)) == 39952096
 
 
 def test_gcide_entries_and_cleaning(tmp_path):
   """Pins one document per entry (licence skipped, shared headwords once), markup gone."""
   body, index = _gcide_files(tmp_path / "g")
-  entries = data._gcide_entries(body, index)
+  entries = _gcide._gcide_entries(body, index)
   assert entries == _ENTRIES
-  cleaned = data._clean_gcide(entries)
-  words = [data._TOKEN.findall(doc.lower()) for doc in cleaned]
+  cleaned = _gcide._clean_gcide(entries)
+  words = [_text._TOKEN.findall(doc.lower()) for doc in cleaned]
   words = [[w for w in doc if w[0].isalpha()] for doc in words]
   assert words[0] == (
       "to cast or drive out to banish that he might abandon them from him"
@@ -714,7 +718,7 @@ def test_load_text_corpus_builds_and_reuses_cache(cache):
   _gcide_files(cache / "gcide")
   kwargs = {"vocab_size": None, "context": 2, "test_fraction": 0.5, "block_size": 1}
   first = data.load_text_corpus(**kwargs)
-  assert (cache / "gcide" / data._TEXT_CACHE).is_file()
+  assert (cache / "gcide" / _text._TEXT_CACHE).is_file()
   (cache / "gcide" / "gcide.dict.dz").write_bytes(b"")  # the cache must suffice
   second = data.load_text_corpus(**kwargs)
   for a, b in zip(first, second):

