@@ -275,6 +275,31 @@ def test_sampled_losses_are_finite_and_decrease(batch):
 # ----------------------------------------------------------------------------
 
 
+def test_each_method_builds_its_own_head_class(heads, batch):
+  """LargeSoftmaxHead(method=...) returns the method's subclass, whose
+  constructor takes the options directly and which survives split/merge."""
+  x, _ = batch
+  types = {name: type(head) for name, head in heads.items()}
+  assert all(isinstance(head, LargeSoftmaxHead) for head in heads.values())
+  assert types["sampled_uniform"] is types["sampled_unigram"]
+  assert len({types[name] for name in ("full", "sampled_uniform", "nce",
+                                       "negative_sampling",
+                                       "hierarchical_huffman",
+                                       "class_based")}) == 6
+  for name, config in CONFIGS.items():
+    config = {k: val for k, val in config.items() if k != "method"}
+    if name.startswith("hierarchical"):
+      config["tree"] = name.removeprefix("hierarchical_")
+    direct = types[name](D, K, counts=COUNTS, rngs=nnx.Rngs(0),
+                         param_dtype=jnp.float64, **config)
+    assert direct.method == heads[name].method
+    assert direct.options == heads[name].options
+    merged = nnx.merge(*nnx.split(heads[name]))
+    assert type(merged) is types[name]
+    np.testing.assert_array_equal(merged.log_probs(x),
+                                  heads[name].log_probs(x))
+
+
 def test_head_rejects_bad_arguments(heads, batch):
   x, y = batch
   with pytest.raises(ValueError, match="method must be one of"):
