@@ -81,7 +81,8 @@ def _row_leaves(rows: Mapping[Any, Any], params: Any) -> dict[int, Any]:
   return out
 
 
-def _gathered(leaves: list[Any], rows: dict[int, Any]) -> dict[int, _gather.Rows]:
+def _gathered(leaves: list[Any], rows: dict[int, Any]
+              ) -> dict[int, _gather.Rows]:
   """Views of the named rows; tables named with the same ids share one sort."""
   views, by_ids = {}, {}
   for i, ids in rows.items():
@@ -173,9 +174,9 @@ def make_train_step(
   **Dense** (no ``rows_fn``): :math:`g_t` from ``value_and_grad_fn(params,
   batch, key)`` when given (a hand-derived rule), else
   ``jax.value_and_grad(loss_fn)``. ``optimizer.update`` also receives
-  ``value``, ``grad`` and ``value_fn`` (wrap it in
-  ``optax.with_extra_args_support`` unless it takes them), so line-search
-  optimizers such as ``optax.lbfgs`` work. With ``compute_dtype`` (e.g.
+  ``value``, ``grad`` and ``value_fn`` (through
+  ``optax.with_extra_args_support``; the others ignore them), so
+  line-search optimizers such as ``optax.lbfgs`` work. With ``compute_dtype`` (e.g.
   ``jnp.bfloat16``) the params and the batch's floating leaves are cast to
   it for the loss and the gradient, and the gradient is cast back to each
   param's dtype: the params and the optimizer state stay in full precision.
@@ -229,13 +230,13 @@ def make_train_step(
     >>> from jaxsoftmax._step import make_train_step
     >>> def loss_fn(params, batch, key):
     ...   return jnp.mean((batch[0] @ params["w"] - batch[1]) ** 2)
-    >>> opt = optax.sgd(0.1)
+    >>> opt = optax.sgd(0.5)
     >>> step = jax.jit(make_train_step(loss_fn, opt))
     >>> params = {"w": jnp.zeros(2)}
     >>> batch = (jnp.eye(2), jnp.ones(2))
     >>> params, state, metrics = step(params, opt.init(params), batch, None)
     >>> params["w"].tolist(), bool(metrics["good"])
-    ([0.1, 0.1], True)
+    ([0.5, 0.5], True)
 
   References:
     The Optax documentation, "Optax: gradient transformations"
@@ -255,8 +256,8 @@ def make_train_step(
     update = _row_update(loss_fn, rows_fn, optimizer, compute_dtype)
   else:
     update = _dense_update(
-        loss_fn, value_and_grad_fn or jax.value_and_grad(loss_fn), optimizer,
-        compute_dtype)
+        loss_fn, value_and_grad_fn or jax.value_and_grad(loss_fn),
+        optax.with_extra_args_support(optimizer), compute_dtype)
 
   def step(params, opt_state, batch, key):
     loss, grads, new_params, new_state = update(params, opt_state, batch, key)
@@ -268,7 +269,8 @@ def make_train_step(
         "grads_finite": leaves_finite(grads),
         "params_finite": leaves_finite(new_params, params),
     }
-    metrics["good"] = (metrics["loss_finite"] & jnp.all(metrics["grads_finite"])
+    metrics["good"] = (metrics["loss_finite"]
+                       & jnp.all(metrics["grads_finite"])
                        & jnp.all(metrics["params_finite"]))
     params, opt_state = keep_if(metrics["good"], (new_params, new_state),
                                 (params, opt_state))
