@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import sys
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -27,11 +26,12 @@ from jax.sharding import PartitionSpec as P
 from jax.typing import ArrayLike, DTypeLike
 import numpy as np
 import optax
-from tqdm import tqdm
 
+from jaxsoftmax import _callbacks
 from jaxsoftmax import _checkpoint
 from jaxsoftmax import _gradients
 from jaxsoftmax import _numerics
+from jaxsoftmax import _step
 from jaxsoftmax import _validation as v
 from jaxsoftmax import sharded
 
@@ -149,33 +149,6 @@ def _split_kwargs(kwargs: Mapping[str, Any]) -> tuple[dict, tuple]:
   return dynamic, tuple(static)
 
 
-def _cast_floats(tree: Any, dtype: jnp.dtype | None) -> Any:
-  if dtype is None:
-    return tree
-  return jax.tree.map(
-      lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a,
-      tree,
-  )
-
-
-def _leaves_finite(tree: Any, before: Any = None) -> jax.Array:
-  """``[num_leaves]`` bool: whether each leaf is entirely finite.
-
-  With ``before`` (the same tree one step earlier), an entry that is
-  non-finite but unchanged also counts as fine: a ``-inf`` bias that masks a
-  padded class (``sharded.pad_classes``) stays ``-inf`` and is not a
-  divergence; NaN never equals itself, so it is always caught.
-  """
-  leaves = jax.tree.leaves(tree)
-  olds = [None] * len(leaves) if before is None else jax.tree.leaves(before)
-  flags = [
-      jnp.all(jnp.isfinite(leaf) if old is None
-              else jnp.isfinite(leaf) | (leaf == old))
-      for leaf, old in zip(leaves, olds)
-  ]
-  return jnp.stack(flags) if flags else jnp.zeros((0,), bool)
-
-
 @functools.partial(jax.jit, static_argnames=("num_examples", "batch_size"))
 def _minibatches(key, epoch, *, num_examples, batch_size):
   """``[steps, batch_size]`` row indices of the epoch's minibatches.
@@ -218,56 +191,48 @@ def _train_epoch(
 ):
   """The optimizer steps over ``batches`` (row indices), scanned.
 
-  Each step gathers its own rows, so the epoch never holds a second, shuffled
-  copy of the dataset. With ``batch_sharding`` (a ``NamedSharding``) the
-  minibatch is laid out as it says, e.g. rows split over a data axis. With a
-  ``step_key``, step ``t`` (``first_step`` + its index in the epoch) passes
-  ``key=fold_in(step_key, t)`` to the loss.
+  Each step (:func:`jaxsoftmax._step.make_train_step`, guarded) gathers its
+  own rows, so the epoch never holds a second, shuffled copy of the dataset.
+  With ``batch_sharding`` (a ``NamedSharding``) the minibatch is laid out as
+  it says, e.g. rows split over a data axis. With a ``step_key``, step ``t``
+  (``first_step`` + its index in the epoch) passes ``key=fold_in(step_key,
+  t)`` to the loss.
+
+  Returns:
+    ``(params, opt_state, (loss, loss_finite, grads_finite,
+    params_finite))``, the last two ``[steps, num_leaves]``.
   """
-  static = dict(static_kwargs)
-  if value_and_grad_fn is None:
-    value_and_grad_fn = jax.value_and_grad(loss_fn)
+
+  def kwargs(key):
+    extra = {} if key is None else {"key": key}
+    return {**dynamic_kwargs, **dict(static_kwargs), **extra}
+
+  def loss(p, batch, key):
+    return loss_fn(p, *batch, **kwargs(key))
+
+  def value_and_grad(p, batch, key):
+    return value_and_grad_fn(p, *batch, **kwargs(key))
+
+  train_step = _step.make_train_step(
+      loss, optimizer, compute_dtype=compute_dtype,
+      value_and_grad_fn=value_and_grad if value_and_grad_fn else None)
 
   def step(carry, scanned):
     t, idx = scanned
     params, opt_state, good = carry
-    kwargs = {**dynamic_kwargs, **static}
-    if step_key is not None:
-      kwargs["key"] = jax.random.fold_in(step_key, t)
-    xb = _cast_floats(x[idx], compute_dtype)
-    yb = y[idx]
+    key = None if step_key is None else jax.random.fold_in(step_key, t)
+    batch = (x[idx], y[idx])
     if batch_sharding is not None:
-      xb, yb = sharded.shard_params(
-          (xb, yb), batch_sharding.mesh, batch_sharding.spec
-      )
-    loss, grads = value_and_grad_fn(
-        _cast_floats(params, compute_dtype), xb, yb, **kwargs
-    )
-    # The optimizer state and the update stay in the params' dtype.
-    grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
-    updates, new_opt_state = optimizer.update(
-        grads,
-        opt_state,
-        params,
-        value=loss,
-        grad=grads,
-        value_fn=lambda p: loss_fn(
-            _cast_floats(p, compute_dtype), xb, yb, **kwargs
-        ),
-    )
-    new_params = optax.apply_updates(params, updates)
-    loss_ok = jnp.isfinite(loss)
-    grads_ok = _leaves_finite(grads)
-    params_ok = _leaves_finite(new_params, params)
+      batch = sharded.shard_params(
+          batch, batch_sharding.mesh, batch_sharding.spec)
+    new = train_step(params, opt_state, batch, key)
     # Once a step goes bad, no later step may update: the carry then ends
     # at the last finite params, which fit hands back.
-    good = good & loss_ok & jnp.all(grads_ok) & jnp.all(params_ok)
-    params, opt_state = jax.tree.map(
-        lambda new, old: jnp.where(good, new, old),
-        (new_params, new_opt_state),
-        (params, opt_state),
-    )
-    return (params, opt_state, good), (loss, loss_ok, grads_ok, params_ok)
+    good = good & new[2]["good"]
+    params, opt_state = _step.keep_if(good, new[:2], (params, opt_state))
+    stats = tuple(new[2][k] for k in
+                  ("loss", "loss_finite", "grads_finite", "params_finite"))
+    return (params, opt_state, good), stats
 
   steps = jnp.arange(batches.shape[0]) + first_step
   (params, opt_state, _), stats = jax.lax.scan(
@@ -425,20 +390,6 @@ def _check_scalar_loss(loss_fn, params, x, y, batch_size, kwargs) -> None:
     )
 
 
-def _first_bad(stats, names_grads, names_params):
-  """(step index, tensor name) of the first non-finite step, or None."""
-  _, loss_ok, grads_ok, params_ok = stats
-  ok = loss_ok & grads_ok.all(axis=1) & params_ok.all(axis=1)
-  if ok.all():
-    return None
-  s = int(np.argmin(ok))
-  if not loss_ok[s]:
-    return s, "loss"
-  if not grads_ok[s].all():
-    return s, names_grads[int(np.argmin(grads_ok[s]))]
-  return s, names_params[int(np.argmin(params_ok[s]))]
-
-
 def _restore(
     checkpoints: _checkpoint.Checkpoints,
     epoch: int,
@@ -546,7 +497,7 @@ def _restore_newest_intact(
       warnings.warn(
           f"fit skips the checkpoint of epoch {bad} and resumes from the one"
           f" of epoch {epoch}: {error}",
-          stacklevel=3,
+          stacklevel=4,
       )
     return restored, history, epoch
   if rejected:
@@ -573,6 +524,233 @@ def _key_data(key: jax.Array) -> list[int]:
   if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
     key = jax.random.key_data(key)
   return np.asarray(key).ravel().tolist()
+
+
+@dataclasses.dataclass(frozen=True)
+class StepOptions:
+  """How :func:`fit` takes each step (its arguments of the same names).
+
+  Attributes:
+    value_and_grad_fn: ``(params, x, y, **loss_kwargs) -> (loss, grads)``,
+      or None.
+    compute_dtype: a floating dtype of the forward and backward pass, or
+      None.
+    loss_kwargs: extra keyword arguments of ``loss_fn``.
+    dynamic_kwargs: the array-valued ``loss_kwargs`` but ``"key"`` (traced).
+    static_kwargs: the others, as sorted ``(name, value)`` pairs (static).
+    step_key: ``loss_kwargs["key"]``, folded with each step's number, or
+      None.
+  """
+
+  value_and_grad_fn: Callable[..., tuple[jax.Array, Any]] | None = None
+  compute_dtype: DTypeLike | None = None
+  loss_kwargs: Mapping[str, Any] | None = None
+  dynamic_kwargs: dict[str, Any] = dataclasses.field(init=False)
+  static_kwargs: tuple[tuple[str, Any], ...] = dataclasses.field(init=False)
+  step_key: jax.Array | None = dataclasses.field(init=False)
+
+  def __post_init__(self):
+    if self.compute_dtype is not None:
+      dtype = jnp.dtype(self.compute_dtype)
+      if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(
+            f"compute_dtype must be None or a floating dtype; got {dtype}.")
+      object.__setattr__(self, "compute_dtype", dtype)
+    dynamic, static = _split_kwargs(dict(self.loss_kwargs or {}))
+    step_key = dynamic.pop("key", None)
+    if step_key is not None:
+      v.check_prng_key("loss_kwargs['key']", step_key)
+    object.__setattr__(self, "dynamic_kwargs", dynamic)
+    object.__setattr__(self, "static_kwargs", static)
+    object.__setattr__(self, "step_key", step_key)
+
+  def kwargs(self, dynamic: Mapping[str, Any], key: jax.Array | None = None
+              ) -> dict[str, Any]:
+    """``loss_fn``'s keyword arguments with ``dynamic`` arrays and ``key``."""
+    extra = {} if key is None else {"key": key}
+    return {**dynamic, **dict(self.static_kwargs), **extra}
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalOptions:
+  """What :func:`fit` evaluates after each epoch, and when it stops early.
+
+  Attributes:
+    logits_fn: ``logits_fn(params, x) -> [batch, num_classes]`` for
+      accuracies, or None.
+    validation_fraction: share of the data held out, in ``[0, 1)``.
+    patience: epochs without validation-loss improvement before stopping,
+      or None.
+    chunk_size: rows per evaluation chunk.
+  """
+
+  logits_fn: Callable[[Any, jax.Array], jax.Array] | None = None
+  validation_fraction: float = 0.0
+  patience: int | None = None
+  chunk_size: int = EVAL_CHUNK_SIZE
+
+  def __post_init__(self):
+    v.check_positive_int("eval_chunk_size", self.chunk_size)
+    fraction = self.validation_fraction
+    if not isinstance(fraction, (int, float)) or not 0.0 <= fraction < 1.0:
+      raise ValueError(
+          f"validation_fraction must lie in [0, 1); got {fraction!r}.")
+    if self.patience is not None:
+      v.check_positive_int("patience", self.patience)
+      if fraction == 0:
+        raise ValueError(
+            f"patience={self.patience} needs a validation split to watch;"
+            " set validation_fraction > 0 (e.g. 0.1).")
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointOptions:
+  """Where and how often :func:`fit` saves, and whether it resumes.
+
+  Attributes:
+    directory: the Orbax checkpoint directory, or None for no checkpoints.
+    every: save every this many epochs.
+    keep: how many recent checkpoints to keep.
+    resume: continue from the newest intact checkpoint in ``directory``.
+  """
+
+  directory: str | None = None
+  every: int = 1
+  keep: int = 3
+  resume: bool = False
+
+  def __post_init__(self):
+    v.check_positive_int("checkpoint_every", self.every)
+    v.check_positive_int("keep_checkpoints", self.keep)
+    if self.resume and self.directory is None:
+      raise ValueError("resume=True needs checkpoint_dir.")
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardingOptions:
+  """The mesh :func:`fit` trains on and how params and minibatches lie on it.
+
+  Attributes:
+    mesh: a ``jax.sharding.Mesh``, or None for the default device.
+    param_specs: a ``PartitionSpec`` or a pytree of them matching a prefix
+      of the params, or None (keep the layout of leaves already on ``mesh``,
+      replicate the others).
+    data_axis_name: the mesh axis minibatch rows are split over, if the mesh
+      has one of that name.
+  """
+
+  mesh: Mesh | None = None
+  param_specs: Any = None
+  data_axis_name: str | None = "data"
+
+  def __post_init__(self):
+    if self.mesh is None and self.param_specs is not None:
+      raise ValueError(
+          "param_specs needs a mesh to place the params on; pass mesh= too.")
+    if self.mesh is not None and not isinstance(self.mesh, Mesh):
+      raise TypeError(
+          "mesh must be None or a jax.sharding.Mesh; got"
+          f" {type(self.mesh).__name__}.")
+
+  def batch_sharding(self, batch_size: int) -> NamedSharding | None:
+    """How a minibatch's rows are split over the data axis, if there is one."""
+    mesh, axis = self.mesh, self.data_axis_name
+    if mesh is None or axis not in mesh.axis_names:
+      return None
+    if batch_size % mesh.shape[axis]:
+      raise ValueError(
+          f"batch_size ({batch_size}) must be divisible by the size of mesh"
+          f" axis {axis!r} ({mesh.shape[axis]}), which splits each"
+          f" minibatch's rows; the mesh has shape {dict(mesh.shape)}.")
+    return NamedSharding(mesh, P(axis))
+
+  def place(self, params: Any, data: Any) -> tuple[Any, Any]:
+    """``params`` laid out by ``param_specs`` and ``data`` replicated."""
+    if self.mesh is None:
+      return params, data
+    specs = self.param_specs
+    params = sharded.shard_params(
+        params, self.mesh,
+        _layout_on(self.mesh, params) if specs is None else specs)
+    # Every device keeps all the data: minibatches draw random rows, which a
+    # dataset split over devices would have to gather across them each step.
+    return params, sharded.shard_params(data, self.mesh)
+
+
+def _check_fit(loss_fn, optimizer, epochs, batch_size, key) -> None:
+  if not callable(loss_fn):
+    raise TypeError(f"loss_fn must be callable; got {type(loss_fn).__name__}.")
+  if not all(callable(getattr(optimizer, a, None)) for a in ("init", "update")):
+    raise TypeError(
+        "optimizer must be an optax.GradientTransformation (e.g."
+        f" optax.sgd(0.1)); got {type(optimizer).__name__}."
+    )
+  v.check_positive_int("epochs", epochs)
+  v.check_positive_int("batch_size", batch_size)
+  v.check_prng_key("key", key)
+
+
+def _load_data(data, eval_data, params, key, batch_size, ev: EvalOptions):
+  """``(x, y, eval_sets)``: the checked training rows and the named sets.
+
+  ``eval_sets`` holds ``"train"`` (with ``logits_fn``), ``"val"`` (the
+  held-out split) and ``"test"`` (``eval_data``) as they apply.
+  """
+  labels = ev.logits_fn is not None
+  x, y = _check_data("data", data, labels=labels)
+  sets = {}
+  if eval_data is not None:
+    sets["test"] = _check_data("eval_data", eval_data, labels=labels)
+  if labels:
+    num_classes = jax.eval_shape(ev.logits_fn, params, x[:1]).shape[-1]
+    v.check_labels_in_range("data[1] (y)", y, num_classes)
+    if eval_data is not None:
+      v.check_labels_in_range("eval_data[1] (y)", sets["test"][1], num_classes)
+  n = x.shape[0]
+  num_val = int(round(ev.validation_fraction * n))
+  if ev.validation_fraction > 0 and num_val == 0:
+    raise ValueError(
+        f"validation_fraction={ev.validation_fraction} of {n} examples holds"
+        " out none; raise it or pass more data."
+    )
+  if batch_size > n - num_val:
+    held = f" ({num_val} of {n} held out for validation)" if num_val else ""
+    raise ValueError(
+        f"batch_size must be at most the number of training examples,"
+        f" {n - num_val}{held}; got {batch_size}."
+    )
+  if num_val:
+    (x, y), sets["val"] = _split(x, y, key, num_val)
+  if labels:
+    sets["train"] = (x, y)
+  return x, y, sets
+
+
+def _resume(checkpoints, resume, state, key, mesh):
+  """``(state, history, epochs done)``: ``state`` or the newest checkpoint's.
+
+  Raises ValueError when the directory holds checkpoints without
+  ``resume=True``.
+  """
+  if checkpoints is None:
+    return state, History(), 0
+  latest = checkpoints.latest()
+  if latest is not None and not resume:
+    raise ValueError(
+        f"checkpoint_dir {checkpoints.directory} already holds"
+        f" checkpoints (newest: epoch {latest}); pass resume=True to"
+        " continue that run, or use an empty directory."
+    )
+  found = _restore_newest_intact(checkpoints, state, key)
+  # Nothing below runs unless one checkpoint restored and validated whole:
+  # a run never continues from part of one.
+  if found is None:
+    return state, History(), 0
+  restored, history, done = found
+  if mesh is not None:
+    restored = jax.device_put(
+        restored, jax.tree.map(lambda a: a.sharding, state))
+  return restored, history, done
 
 
 def fit(
@@ -619,6 +797,13 @@ def fit(
   device: one jitted call draws the minibatch indices, another runs the
   steps as a ``lax.scan`` (the data is passed as an argument, never baked
   into the program), and the results come back to the host once per epoch.
+
+  Each step is :func:`jaxsoftmax._step.make_train_step`'s (guarded); between
+  epochs, small callbacks (:mod:`jaxsoftmax._callbacks`) check for NaNs,
+  track the best epoch, draw the progress bar and save checkpoints. The
+  keyword options are grouped and validated as :class:`StepOptions`,
+  :class:`EvalOptions`, :class:`CheckpointOptions` and
+  :class:`ShardingOptions`.
 
   Gradients: ``value_and_grad_fn(params, x, y, **loss_kwargs)`` when given;
   otherwise the hand-derived :func:`softmax_regression_value_and_grad` or
@@ -762,274 +947,97 @@ def fit(
     mini-batch SGD, early stopping, mixed precision. L. Prechelt, "Early
     stopping - but when?", Neural Networks: Tricks of the Trade (1998).
   """
-  # --- Boundary checks. ---
-  if not callable(loss_fn):
-    raise TypeError(f"loss_fn must be callable; got {type(loss_fn).__name__}.")
-  if not all(callable(getattr(optimizer, a, None)) for a in ("init", "update")):
-    raise TypeError(
-        "optimizer must be an optax.GradientTransformation (e.g."
-        f" optax.sgd(0.1)); got {type(optimizer).__name__}."
-    )
-  v.check_positive_int("epochs", epochs)
-  v.check_positive_int("batch_size", batch_size)
-  v.check_positive_int("checkpoint_every", checkpoint_every)
-  v.check_positive_int("keep_checkpoints", keep_checkpoints)
-  v.check_positive_int("eval_chunk_size", eval_chunk_size)
-  v.check_prng_key("key", key)
-  if not isinstance(validation_fraction, (int, float)) or not (
-      0.0 <= validation_fraction < 1.0
-  ):
-    raise ValueError(
-        f"validation_fraction must lie in [0, 1); got {validation_fraction!r}."
-    )
-  if patience is not None:
-    v.check_positive_int("patience", patience)
-    if validation_fraction == 0:
-      raise ValueError(
-          f"patience={patience} needs a validation split to watch; set"
-          " validation_fraction > 0 (e.g. 0.1)."
-      )
-  if resume and checkpoint_dir is None:
-    raise ValueError("resume=True needs checkpoint_dir.")
-  if compute_dtype is not None:
-    compute_dtype = jnp.dtype(compute_dtype)
-    if not jnp.issubdtype(compute_dtype, jnp.floating):
-      raise TypeError(
-          "compute_dtype must be None or a floating dtype; got"
-          f" {compute_dtype}."
-      )
-  if mesh is None and param_specs is not None:
-    raise ValueError(
-        "param_specs needs a mesh to place the params on; pass mesh= too."
-    )
-  if mesh is not None and not isinstance(mesh, Mesh):
-    raise TypeError(
-        f"mesh must be None or a jax.sharding.Mesh; got {type(mesh).__name__}."
-    )
-  batch_sharding = None
-  if mesh is not None and data_axis_name in mesh.axis_names:
-    if batch_size % mesh.shape[data_axis_name]:
-      raise ValueError(
-          f"batch_size ({batch_size}) must be divisible by the size of mesh"
-          f" axis {data_axis_name!r} ({mesh.shape[data_axis_name]}), which"
-          f" splits each minibatch's rows; the mesh has shape"
-          f" {dict(mesh.shape)}."
-      )
-    batch_sharding = NamedSharding(mesh, P(data_axis_name))
-  dynamic_kwargs, static_kwargs = _split_kwargs(dict(loss_kwargs or {}))
-  step_key = dynamic_kwargs.pop("key", None)
-  if step_key is not None:
-    v.check_prng_key("loss_kwargs['key']", step_key)
+  _check_fit(loss_fn, optimizer, epochs, batch_size, key)
+  ev = EvalOptions(logits_fn, validation_fraction, patience, eval_chunk_size)
+  ck = CheckpointOptions(checkpoint_dir, checkpoint_every, keep_checkpoints,
+                         resume)
+  opts = StepOptions(value_and_grad_fn, compute_dtype, loss_kwargs)
+  sh = ShardingOptions(mesh, param_specs, data_axis_name)
+  batch_sharding = sh.batch_sharding(batch_size)
   params = jax.tree.map(jnp.asarray, params)
-  x, y = _check_data("data", data, labels=logits_fn is not None)
-  if eval_data is not None:
-    x_test, y_test = _check_data(
-        "eval_data", eval_data, labels=logits_fn is not None
-    )
-  if logits_fn is not None:
-    num_classes = jax.eval_shape(logits_fn, params, x[:1]).shape[-1]
-    v.check_labels_in_range("data[1] (y)", y, num_classes)
-    if eval_data is not None:
-      v.check_labels_in_range("eval_data[1] (y)", y_test, num_classes)
-
-  n = x.shape[0]
-  num_val = int(round(validation_fraction * n))
-  if validation_fraction > 0 and num_val == 0:
-    raise ValueError(
-        f"validation_fraction={validation_fraction} of {n} examples holds out"
-        " none; raise it or pass more data."
-    )
-  num_train = n - num_val
-  if batch_size > num_train:
-    held = f" ({num_val} of {n} held out for validation)" if num_val else ""
-    raise ValueError(
-        f"batch_size must be at most the number of training examples,"
-        f" {num_train}{held}; got {batch_size}."
-    )
-  if num_val:
-    (x, y), (x_val, y_val) = _split(x, y, key, num_val)
-  if mesh is not None:
-    params = sharded.shard_params(
-        params, mesh,
-        _layout_on(mesh, params) if param_specs is None else param_specs,
-    )
-    # Every device keeps all the data: minibatches draw random rows, which a
-    # dataset split over devices would have to gather across them each step.
-    x, y, dynamic_kwargs = sharded.shard_params((x, y, dynamic_kwargs), mesh)
-
+  x, y, eval_sets = _load_data(data, eval_data, params, key, batch_size, ev)
+  params, (x, y, dynamic_kwargs, eval_sets) = sh.place(
+      params, (x, y, opts.dynamic_kwargs, eval_sets))
   value_and_grad_fn = _resolve_value_and_grad(loss_fn, value_and_grad_fn)
   if value_and_grad_fn is None and mesh is None:
-    kwargs = {**dynamic_kwargs, **dict(static_kwargs)}
-    if step_key is not None:
-      kwargs["key"] = step_key
-    _check_scalar_loss(loss_fn, params, x, y, batch_size, kwargs)
-  optimizer = optax.with_extra_args_support(optimizer)
+    _check_scalar_loss(loss_fn, params, x, y, batch_size,
+                       opts.kwargs(dynamic_kwargs, opts.step_key))
   train_epoch = functools.partial(
-      _train_epoch,
-      value_and_grad_fn=value_and_grad_fn,
-      loss_fn=loss_fn,
-      optimizer=optimizer,
-      compute_dtype=compute_dtype,
-      static_kwargs=static_kwargs,
-      batch_sharding=batch_sharding,
-  )
-  eval_sets = {}
-  if logits_fn is not None:
-    eval_sets["train"] = (x, y)
-  if num_val:
-    eval_sets["val"] = (x_val, y_val)
-  if eval_data is not None:
-    eval_sets["test"] = (x_test, y_test)
-  if mesh is not None:
-    eval_sets = sharded.shard_params(eval_sets, mesh)
-  steps = num_train // batch_size
-  names_grads = _checkpoint.leaf_names(params, "grads")
-  names_params = _checkpoint.leaf_names(params, "params")
+      _train_epoch, value_and_grad_fn=value_and_grad_fn, loss_fn=loss_fn,
+      optimizer=optimizer, compute_dtype=opts.compute_dtype,
+      static_kwargs=opts.static_kwargs, batch_sharding=batch_sharding)
+  steps = x.shape[0] // batch_size
 
-  # --- Start, or resume from a checkpoint. ---
+  def run_epoch(epoch, params, opt_state):
+    batches = _minibatches(key, epoch, num_examples=x.shape[0],
+                           batch_size=batch_size)
+    params, opt_state, stats = train_epoch(
+        params, opt_state, x, y, batches, dynamic_kwargs, opts.step_key,
+        (epoch - 1) * steps + 1)
+    evals = {} if not eval_sets else _evaluate(
+        params, eval_sets, dynamic_kwargs, loss_fn=loss_fn,
+        logits_fn=logits_fn, chunk_size=eval_chunk_size,
+        static_kwargs=opts.static_kwargs, accuracy_only=("train",))
+    stats, evals = jax.device_get((stats, evals))
+    return params, opt_state, stats, evals
+
+  def explain(epoch, s, global_step):
+    if mesh is not None:
+      return None
+    rows = _minibatches(key, epoch.number, num_examples=x.shape[0],
+                        batch_size=batch_size)[s]
+    kwargs = opts.kwargs(dynamic_kwargs, None if opts.step_key is None else
+                         jax.random.fold_in(opts.step_key, global_step))
+    return _invalid_input(loss_fn, epoch.params, x[rows], y[rows], kwargs)
+
   # Inside the mesh scope, the optimizer state is created under jit so it
   # inherits the params' layout, and losses may name mesh axes in specs.
-  scope = contextlib.nullcontext() if mesh is None else jax.set_mesh(mesh)
-  with scope:
-    if mesh is None:
-      opt_state = optimizer.init(params)
-    else:
-      opt_state = jax.jit(optimizer.init)(params)
-    history = History()
-    best_params, best_loss = params, np.inf
-    done = 0
-    checkpoints = None
-    if checkpoint_dir is not None:
-      checkpoints = _checkpoint.Checkpoints(
-          checkpoint_dir, keep=keep_checkpoints
-      )
+  with contextlib.nullcontext() if mesh is None else jax.set_mesh(mesh):
+    opt_state = (optimizer.init if mesh is None else
+                 jax.jit(optimizer.init))(params)
+    state = {"params": params, "opt_state": opt_state}
+    if "val" in eval_sets:
+      state["best_params"] = params
+    checkpoints = None if ck.directory is None else _checkpoint.Checkpoints(
+        ck.directory, keep=ck.keep)
     try:
-      state_like = {"params": params, "opt_state": opt_state}
-      if num_val:
-        state_like["best_params"] = params
-      if checkpoints is not None:
-        latest = checkpoints.latest()
-        if latest is not None and not resume:
-          raise ValueError(
-              f"checkpoint_dir {checkpoints.directory} already holds"
-              f" checkpoints (newest: epoch {latest}); pass resume=True to"
-              " continue that run, or use an empty directory."
-          )
-        found = _restore_newest_intact(checkpoints, state_like, key)
-        # Nothing below runs unless one checkpoint restored and validated
-        # whole: a run never continues from part of one.
-        if found is not None:
-          restored, history, done = found
-          if mesh is not None:
-            restored = jax.device_put(
-                restored, jax.tree.map(lambda a: a.sharding, state_like)
-            )
-          params, opt_state = restored["params"], restored["opt_state"]
-          best_params = restored.get("best_params", params)
-          if history.best_epoch is not None:
-            best_loss = history.val_loss[history.best_epoch - 1]
-
-      show = sys.stderr.isatty() if progress is None else bool(progress)
-      bar = tqdm(
-          total=epochs, initial=min(done, epochs), disable=not show,
-          desc="fit", unit="epoch", file=sys.stderr,
-      )
-      with bar:
-        for epoch in range(done + 1, epochs + 1):
-          if history.stopped_early:
-            break
-          t0 = time.perf_counter()
-          batches = _minibatches(
-              key, epoch, num_examples=num_train, batch_size=batch_size
-          )
-          new_params, new_opt_state, stats = train_epoch(
-              params, opt_state, x, y, batches, dynamic_kwargs, step_key,
-              (epoch - 1) * steps + 1,
-          )
-          evals = {}
-          if eval_sets:
-            evals = _evaluate(
-                new_params, eval_sets, dynamic_kwargs,
-                loss_fn=loss_fn, logits_fn=logits_fn,
-                chunk_size=eval_chunk_size, static_kwargs=static_kwargs,
-                accuracy_only=("train",),
-            )
-          stats, evals = jax.device_get((stats, evals))
-
-          bad = _first_bad(stats, names_grads, names_params)
-          if bad is not None:
-            s, tensor = bad
-            global_step = (epoch - 1) * steps + s + 1
-            cause = None
-            if tensor == "loss" and mesh is None:
-              kwargs = {**dynamic_kwargs, **dict(static_kwargs)}
-              if step_key is not None:
-                kwargs["key"] = jax.random.fold_in(step_key, global_step)
-              cause = _invalid_input(
-                  loss_fn, new_params, x[batches[s]], y[batches[s]], kwargs)
-            advice = (
-                f" because the minibatch is invalid for loss_fn: {cause}"
-                if cause else
-                " (NaN or inf). Lower the learning rate, clip the gradients"
-                " (optax.clip_by_global_norm) or compute in float32."
-            )
-            raise TrainingDiverged(
-                f"training diverged in epoch {epoch}, step {s + 1} of {steps}"
-                f" (global step {global_step}): {tensor} became non-finite"
-                f"{advice} TrainingDiverged.params holds the last finite"
-                " params, from before that step.",
-                epoch=epoch, step=s + 1, global_step=global_step, tensor=tensor,
-                params=new_params, history=history,
-            )
-          params, opt_state = new_params, new_opt_state
-
-          history.epoch.append(epoch)
-          history.loss.append(float(np.mean(stats[0])))
-          for split_name, metrics in evals.items():
-            for metric, value in metrics.items():
-              getattr(history, f"{split_name}_{metric}").append(float(value))
-          if num_val:
-            val_loss = history.val_loss[-1]
-            if val_loss < best_loss:
-              best_loss, best_params = val_loss, params
-              history.best_epoch = epoch
-            elif (
-                patience is not None
-                and epoch - (history.best_epoch or 0) >= patience
-            ):
-              history.stopped_early = True
-          history.seconds.append(time.perf_counter() - t0)
-
-          bar.set_postfix(_postfix(history), refresh=False)
-          bar.update()
-          last = epoch == epochs or history.stopped_early
-          if checkpoints is not None and (
-              epoch % checkpoint_every == 0 or last
-          ):
-            state = {"params": params, "opt_state": opt_state}
-            if num_val:
-              state["best_params"] = best_params
-            meta = {
-                "epoch": epoch,
-                "history": history.to_dict(),
-                "key": _key_data(key),
-            }
-            checkpoints.save(
-                epoch, {k: jax.tree.leaves(t) for k, t in state.items()}, meta
-            )
+      state, history, done = _resume(checkpoints, ck.resume, state, key, mesh)
+      early = None if "val" not in eval_sets else _callbacks.EarlyStopping(
+          state["best_params"], patience, history)
+      guard = _callbacks.NanGuard(
+          steps, (_checkpoint.leaf_names(params, "grads"),
+                  _checkpoint.leaf_names(params, "params")),
+          explain, TrainingDiverged)
+      with _callbacks.Progress(epochs, done, progress) as bar:
+        callbacks = [c for c in (early, bar) if c is not None]
+        if checkpoints is not None:
+          callbacks.append(_callbacks.Checkpointer(
+              checkpoints, ck.every, epochs, _key_data(key), early))
+        params = _run_epochs(run_epoch, guard, callbacks, state, history,
+                             range(done + 1, epochs + 1))
     finally:
       if checkpoints is not None:
         checkpoints.close()
-  return (best_params if patience is not None else params), history
+  return (early.best_params if patience is not None else params), history
 
 
-def _postfix(history: History) -> dict[str, str]:
-  """The latest epoch's figures for the progress bar."""
-  latest = {
-      "loss": history.loss,
-      "train_acc": history.train_accuracy,
-      "val_loss": history.val_loss,
-      "val_acc": history.val_accuracy,
-      "test_acc": history.test_accuracy,
-  }
-  return {name: f"{vals[-1]:.4g}" for name, vals in latest.items() if vals}
+def _run_epochs(run_epoch, guard, callbacks, state, history, epochs):
+  """The epochs' loop: train, check, record, call back; the last params."""
+  params, opt_state = state["params"], state["opt_state"]
+  for number in epochs:
+    if history.stopped_early:
+      break
+    t0 = time.perf_counter()
+    params, opt_state, stats, evals = run_epoch(number, params, opt_state)
+    epoch = _callbacks.Epoch(number, params, opt_state, stats, history)
+    guard.after_epoch(epoch)
+    history.epoch.append(number)
+    history.loss.append(float(np.mean(stats[0])))
+    for split_name, metrics in evals.items():
+      for metric, value in metrics.items():
+        getattr(history, f"{split_name}_{metric}").append(float(value))
+    history.seconds.append(time.perf_counter() - t0)
+    for callback in callbacks:
+      callback.after_epoch(epoch)
+  return params
+

@@ -60,7 +60,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 from flax import nnx
 import jax
@@ -76,6 +76,7 @@ from jaxsoftmax import _models
 from jaxsoftmax import _numerics
 from jaxsoftmax import _optim
 from jaxsoftmax import _sampled
+from jaxsoftmax import _step
 from jaxsoftmax import _validation as v
 from jaxsoftmax import reporting
 from jaxsoftmax import samplers as _samplers
@@ -1150,7 +1151,8 @@ def train_step(
   training arrays (on the device, with ``fold_in(key, index)``, which also
   seeds the head's candidates), takes the gradient of
   :meth:`LargeSoftmaxHead.loss` with respect to every ``nnx.Param`` of the
-  model and the head, and applies ``optimizer``.
+  model and the head, and applies ``optimizer``: one step of
+  :func:`jaxsoftmax._step.make_train_step`.
 
   By default the update is **row-sparse**: the step gathers the rows of the
   context's input embeddings and of the head's tables
@@ -1162,8 +1164,10 @@ def train_step(
   so its cost does not grow with :math:`K`. That is exact for SGD and
   Adagrad and makes Adam lazy (see :mod:`jaxsoftmax.sparse`).
   ``dense_updates=True`` takes the gradient of every parameter as a dense
-  array and updates it with ``flax.nnx.Optimizer``: the reference the sparse
-  path is compared with, whose cost grows as :math:`O(Kd)`.
+  array and applies ``optimizer`` to all of them: the reference the sparse
+  path is compared with, whose cost grows as :math:`O(Kd)`. Neither guards
+  against non-finite values (that would read every row); :func:`train`
+  checks each step's loss.
 
   ``variables`` is what a step changes (parameters and optimizer state), so
   it can be donated (``jax.jit(step, donate_argnums=0)``, as :func:`train`
@@ -1203,21 +1207,9 @@ def train_step(
   v.check_positive_int("batch_size", batch_size)
   if not isinstance(dense_updates, bool):
     raise TypeError(f"dense_updates must be a bool; got {dense_updates!r}.")
-  built = (_dense_step if dense_updates else _row_step)(
-      model, head, optimizer, batch_size)
-  return built.fn, built.variables, built.data
-
-
-class _Step(NamedTuple):
-  """A step with its state and how to read modules back from that state."""
-
-  fn: Callable[..., tuple[Any, jax.Array]]
-  variables: Any
-  data: Any
-  # (variables, data) -> (model, head)
-  modules: Callable[[Any, Any], tuple[ContextModel, LargeSoftmaxHead]]
-  # The data after (model, head) changed their non-trainable state.
-  split_data: Callable[[ContextModel, LargeSoftmaxHead, Any, Any], Any]
+  step, variables, data, _ = _build_step(model, head, optimizer, batch_size,
+                                         dense_updates)
+  return step, variables, data
 
 
 def _batch(x_train, y_train, key, index, batch_size):
@@ -1227,99 +1219,61 @@ def _batch(x_train, y_train, key, index, batch_size):
   return x_train[rows], y_train[rows], k_loss
 
 
-def _dense_step(model, head, optimizer, batch_size) -> _Step:
-  """Dense gradients of every parameter, updated by ``nnx.Optimizer``."""
-  opt = nnx.Optimizer((model, head), optimizer, wrt=nnx.Param)
-  graphdef, variables, data = nnx.split((model, head, opt), nnx.Variable, ...)
-
-  def step(variables, data, x_train, y_train, key, index):
-    model, head, opt = nnx.merge(graphdef, variables, data)
-    ids, labels, k_loss = _batch(x_train, y_train, key, index, batch_size)
-
-    def objective(model, head):
-      return head.loss(model(ids), labels, key=k_loss)
-
-    loss, grads = nnx.value_and_grad(objective, argnums=(0, 1))(model, head)
-    opt.update((model, head), grads)
-    return nnx.state((model, head, opt), nnx.Variable), loss
-
-  def modules(variables, data):
-    return nnx.merge(graphdef, variables, data)[:2]
-
-  def split_data(model, head, variables, data):
-    opt = nnx.merge(graphdef, variables, data)[2]
-    return nnx.split((model, head, opt), nnx.Variable, ...)[2]
-
-  return _Step(step, variables, data, modules, split_data)
+def _is_rows(a: Any) -> bool:
+  return isinstance(a, _gather.Rows)
 
 
-def _gather_tables(tables: dict[str, jax.Array], ids: jax.Array
-                   ) -> dict[str, _gather.Rows]:
-  """Views of the same rows of several tables, deduplicated once."""
-  views = {}
-  for name, table in tables.items():
-    if not views:
-      views[name] = sparse.gather(table, ids)
-      uids = views[name].ids
-    else:
-      views[name] = _gather.Rows(
-          uids, jnp.take(table, uids, axis=0, mode="fill", fill_value=0))
-  return views
+def _build_step(model, head, optimizer, batch_size, dense_updates):
+  """``(step, variables, data, merge)`` of :func:`train_step`.
 
-
-def _row_step(model, head, optimizer, batch_size) -> _Step:
-  """Row-sparse gradients of the tables, updated in place by rows."""
+  ``merge(params, data) -> (model, head)`` reads the modules back from the
+  parameters ``variables[:2]`` and ``data``.
+  """
   graphdef, params, data = nnx.split((model, head), nnx.Param, ...)
   params = nnx.to_pure_dict(params)
-  model_p, head_p = params[0], params[1]
-  variables = (model_p, head_p, optimizer.init((model_p, head_p)))
-  # Fail at build time, not inside the first traced step.
-  sparse.check_optimizer(optimizer, (model_p, head_p))
+  params = (params[0], params[1])
+  if not dense_updates:
+    # Fail at build time, not inside the first traced step.
+    sparse.check_optimizer(optimizer, params)
+  row_params = head.row_params
 
-  def merge(model_p, head_p, data):
-    return nnx.merge(graphdef, {0: model_p, 1: head_p}, data)
+  def merge(params, data):
+    return nnx.merge(graphdef, {0: params[0], 1: params[1]}, data)
 
   def step(variables, data, x_train, y_train, key, index):
-    model_p, head_p, opt_state = variables
+    params, opt_state = variables[:2], variables[2]
     ids, labels, k_loss = _batch(x_train, y_train, key, index, batch_size)
-    emb = sparse.gather(model_p["embed"]["embedding"], ids)
-    model_dense = {k: a for k, a in model_p.items() if k != "embed"}
 
-    def features(emb_values, model_dense):
-      model, _ = merge({**model_p, **model_dense}, head_p, data)
-      rows, _ = _gather.lookup(emb._replace(values=emb_values), ids)
-      return model.encode(rows)
+    def loss_fn(p, batch, key):
+      ids, labels = batch
+      if dense_updates:
+        model, head = merge(p, data)
+        return head.loss(model(ids), labels, key=key)
+      # The modules keep the whole tables, which a proposal such as
+      # MIDX-exact scores without a gradient; the views carry the gradient.
+      model, head = merge(jax.tree.map(
+          lambda a, whole: whole if _is_rows(a) else a, p, params,
+          is_leaf=_is_rows), data)
+      rows, _ = _gather.lookup(p[0]["embed"]["embedding"], ids)
+      return head.loss(model.encode(rows), labels, key=key,
+                       tables={n: p[1][n] for n in row_params})
 
-    x, pullback = jax.vjp(features, emb.values, model_dense)
-    _, head = merge(model_p, head_p, data)
-    views = _gather_tables({n: head_p[n] for n in head.row_params},
-                           head.rows_used(x, labels, key=k_loss))
-    head_dense = {k: a for k, a in head_p.items() if k not in views}
+    def rows_fn(p, batch, key):
+      ids, labels = batch
+      model, head = merge(p, data)
+      # One ids array for all the head's tables: they share one sort.
+      used = head.rows_used(model(ids), labels, key=key)
+      return {(0, "embed", "embedding"): ids,
+              **{(1, name): used for name in row_params}}
 
-    def objective(x, values, head_dense):
-      _, head = merge(model_p, {**head_p, **head_dense}, data)
-      tables = {n: views[n]._replace(values=values[n]) for n in views}
-      return head.loss(x, labels, key=k_loss, tables=tables)
+    train = _step.make_train_step(
+        loss_fn, optimizer, rows_fn=None if dense_updates else rows_fn,
+        guard=False)
+    params, opt_state, metrics = train(params, opt_state, (ids, labels),
+                                       k_loss)
+    return (*params, opt_state), metrics["loss"]
 
-    loss, (g_x, g_rows, g_head) = jax.value_and_grad(
-        objective, argnums=(0, 1, 2))(
-            x, {n: r.values for n, r in views.items()}, head_dense)
-    g_emb, g_model = pullback(g_x)
-    grads = ({**g_model, "embed": {"embedding": emb._replace(values=g_emb)}},
-             {**g_head, **{n: views[n]._replace(values=g_rows[n])
-                           for n in views}})
-    (model_p, head_p), opt_state = sparse.apply_updates(
-        optimizer, grads, opt_state, (model_p, head_p))
-    return (model_p, head_p, opt_state), loss
-
-  def modules(variables, data):
-    return merge(variables[0], variables[1], data)
-
-  def split_data(model, head, variables, data):
-    del variables, data
-    return nnx.split((model, head), nnx.Param, ...)[2]
-
-  return _Step(step, variables, data, modules, split_data)
+  return step, (*params, optimizer.init(params)), data, merge
 
 
 def _eval_subset(corpus: Any, eval_examples: int | None) -> tuple[Any, Any]:
@@ -1407,6 +1361,72 @@ def train(
     ([0, 30], True)
   """
   model, head = _check_pair(model_and_head)
+  _check_train(model, head, corpus, key, budget_seconds, max_steps,
+               num_checkpoints, eval_examples)
+  default_batch, default_lr = TRAIN_DEFAULTS[head.method]
+  batch_size = default_batch if batch_size is None else batch_size
+  if optimizer is None:
+    optimizer = _optim.make_optimizer("adam", default_lr)
+  v.check_positive_int("batch_size", batch_size)
+  if not isinstance(dense_updates, bool):
+    raise TypeError(f"dense_updates must be a bool; got {dense_updates!r}.")
+  step, variables, data, merge = _build_step(model, head, optimizer,
+                                             batch_size, dense_updates)
+  # The non-trainable data must not share buffers with the parameters the
+  # step donates (a MIDX-exact index holds w itself).
+  data = jax.tree.map(jnp.copy, data)
+
+  def evaluate(variables, data, ids, labels):
+    model, head = merge(variables[:2], data)
+    return head.perplexity(model(ids), labels, batch_size=eval_batch_size)
+
+  def refresh(variables, data):
+    model, head = merge(variables[:2], data)
+    head.refresh_sampler()
+    return nnx.split((model, head), nnx.Param, ...)[2]
+
+  refresh_every = None
+  if head.adaptive:
+    refresh_every = (head.options["refresh_every"]
+                     or math.ceil(len(corpus.y_train) / batch_size))
+  arrays = (jnp.asarray(corpus.x_train), jnp.asarray(corpus.y_train), key)
+  evals = tuple(jnp.asarray(a) for a in _eval_subset(corpus, eval_examples))
+  index = jnp.zeros((), jnp.int32)
+  t0 = time.perf_counter()
+  run = jax.jit(step, donate_argnums=0).lower(
+      variables, data, *arrays, index).compile()
+  score = jax.jit(evaluate).lower(variables, data, *evals).compile()
+  rebuild = (jax.jit(refresh).lower(variables, data).compile()
+             if refresh_every else None)
+  # The first execution of a CPU executable is several times slower than the
+  # next ones (one-time set-up in the runtime); a throwaway step on a copy of
+  # the variables keeps that out of the budget and the step times.
+  warm, _ = run(jax.tree.map(jnp.copy, variables), data, *arrays, index)
+  jax.block_until_ready(warm)
+  del warm
+  history = TrainHistory(compile_seconds=time.perf_counter() - t0,
+                         memory=reporting.executable_memory(run),
+                         batch_size=batch_size)
+  state = {"variables": variables, "data": data}
+  try:
+    _train_loop(
+        state, history, run=lambda s, i: run(*s, *arrays, index + i),
+        score=lambda s: score(*s, *evals),
+        rebuild=None if rebuild is None else (refresh_every, rebuild),
+        limits=(budget_seconds, max_steps, num_checkpoints),
+        method=head.method)
+  finally:
+    # Donation invalidated the parameter arrays the modules were split from.
+    nnx.update(model, state["variables"][0])
+    nnx.update(head, state["variables"][1])
+    if rebuild is not None:
+      head.sampler = merge(state["variables"][:2], state["data"])[1].sampler
+  return history
+
+
+def _check_train(model, head, corpus, key, budget_seconds, max_steps,
+                 num_checkpoints, eval_examples) -> None:
+  """:func:`train`'s checks of its limits and of the corpus."""
   v.check_prng_key("key", key)
   if budget_seconds is None and max_steps is None:
     raise ValueError("train needs a limit: pass budget_seconds, max_steps or"
@@ -1431,60 +1451,22 @@ def train(
         f" context={corpus.x_train.shape[1]}."
     )
   v.check_labels_in_range("corpus.x_train", corpus.x_train, model.vocab_size)
-  default_batch, default_lr = TRAIN_DEFAULTS[head.method]
-  batch_size = default_batch if batch_size is None else batch_size
-  if optimizer is None:
-    optimizer = _optim.make_optimizer("adam", default_lr)
 
-  v.check_positive_int("batch_size", batch_size)
-  if not isinstance(dense_updates, bool):
-    raise TypeError(f"dense_updates must be a bool; got {dense_updates!r}.")
-  built = (_dense_step if dense_updates else _row_step)(
-      model, head, optimizer, batch_size)
-  step, variables = built.fn, built.variables
-  # The non-trainable data must not share buffers with the parameters the
-  # step donates (a MIDX-exact index holds w itself).
-  data = jax.tree.map(jnp.copy, built.data)
 
-  def evaluate(variables, data, ids, labels):
-    model, head = built.modules(variables, data)
-    return head.perplexity(model(ids), labels, batch_size=eval_batch_size)
+def _train_loop(state, history, *, run, score, rebuild, limits, method):
+  """:func:`train`'s steps and evaluations, in place on ``state``.
 
-  def refresh(variables, data):
-    model, head = built.modules(variables, data)
-    head.refresh_sampler()
-    return built.split_data(model, head, variables, data)
-
-  refresh_every = None
-  if head.adaptive:
-    refresh_every = (head.options["refresh_every"]
-                     or math.ceil(len(corpus.y_train) / batch_size))
-
-  x_train = jnp.asarray(corpus.x_train)
-  y_train = jnp.asarray(corpus.y_train)
-  x_eval, y_eval = (jnp.asarray(a) for a in _eval_subset(corpus,
-                                                          eval_examples))
-  index = jnp.zeros((), jnp.int32)
-  t0 = time.perf_counter()
-  run = jax.jit(step, donate_argnums=0).lower(
-      variables, data, x_train, y_train, key, index).compile()
-  score = jax.jit(evaluate).lower(variables, data, x_eval, y_eval).compile()
-  rebuild = (jax.jit(refresh).lower(variables, data).compile()
-             if refresh_every else None)
-  # The first execution of a CPU executable is several times slower than the
-  # next ones (one-time set-up in the runtime); a throwaway step on a copy of
-  # the variables keeps that out of the budget and the step times.
-  warm, _ = run(jax.tree.map(jnp.copy, variables), data, x_train, y_train,
-                key, index)
-  jax.block_until_ready(warm)
-  del warm
-  history = TrainHistory(compile_seconds=time.perf_counter() - t0,
-                         memory=reporting.executable_memory(run),
-                         batch_size=batch_size)
+  ``state`` holds ``"variables"`` and ``"data"`` (updated after every step,
+  so the caller writes the latest back even when a step fails);
+  ``run((variables, data), i)`` is step ``i``, ``score((variables, data))``
+  the perplexity, ``rebuild`` None or ``(every, rebuild(variables, data))``
+  and ``limits`` ``(budget_seconds, max_steps, num_checkpoints)``.
+  """
+  budget_seconds, max_steps, num_checkpoints = limits
 
   def checkpoint(train_seconds, steps, losses):
     t = time.perf_counter()
-    ppl = float(score(variables, data, x_eval, y_eval))
+    ppl = float(score((state["variables"], state["data"])))
     history.eval_seconds += time.perf_counter() - t
     history.seconds.append(train_seconds)
     history.steps.append(steps)
@@ -1493,43 +1475,35 @@ def train(
 
   checkpoint(0.0, 0, [])
   train_seconds, steps = 0.0, 0
-  try:
-    for i in range(1, num_checkpoints + 1):
-      losses = []
-      while ((budget_seconds is None
-              or train_seconds < budget_seconds * i / num_checkpoints)
-             and (max_steps is None
-                  or steps < math.ceil(max_steps * i / num_checkpoints))):
+  for i in range(1, num_checkpoints + 1):
+    losses = []
+    while ((budget_seconds is None
+            or train_seconds < budget_seconds * i / num_checkpoints)
+           and (max_steps is None
+                or steps < math.ceil(max_steps * i / num_checkpoints))):
+      t = time.perf_counter()
+      state["variables"], loss = run((state["variables"], state["data"]),
+                                     steps)
+      loss = float(loss)
+      dt = time.perf_counter() - t
+      if not math.isfinite(loss):
+        raise FloatingPointError(
+            f"method={method!r}: the training loss at step {steps + 1}"
+            f" is {loss}; lower the learning rate."
+        )
+      train_seconds += dt
+      steps += 1
+      if rebuild is not None and steps % rebuild[0] == 0:
         t = time.perf_counter()
-        variables, loss = run(variables, data, x_train, y_train, key,
-                              index + steps)
-        loss = float(loss)
-        dt = time.perf_counter() - t
-        if not math.isfinite(loss):
-          raise FloatingPointError(
-              f"method={head.method!r}: the training loss at step {steps + 1}"
-              f" is {loss}; lower the learning rate."
-          )
-        train_seconds += dt
-        steps += 1
-        if rebuild is not None and steps % refresh_every == 0:
-          t = time.perf_counter()
-          # Copied: a rebuilt MIDX-exact index holds w itself, and the
-          # next step donates the variables' buffers.
-          data = jax.block_until_ready(
-              jax.tree.map(jnp.copy, rebuild(variables, data)))
-          history.refresh_seconds += time.perf_counter() - t
-          history.refreshes += 1
-          train_seconds += time.perf_counter() - t
-        history.step_seconds.append(dt)
-        losses.append(loss)
-      checkpoint(train_seconds, steps, losses)
-      if max_steps is not None and steps >= max_steps:
-        break
-  finally:
-    # Donation invalidated the parameter arrays the modules were split from.
-    nnx.update(model, variables[0])
-    nnx.update(head, variables[1])
-    if rebuild is not None:
-      head.sampler = built.modules(variables, data)[1].sampler
-  return history
+        # Copied: a rebuilt MIDX-exact index holds w itself, and the
+        # next step donates the variables' buffers.
+        state["data"] = jax.block_until_ready(jax.tree.map(
+            jnp.copy, rebuild[1](state["variables"], state["data"])))
+        history.refresh_seconds += time.perf_counter() - t
+        history.refreshes += 1
+        train_seconds += time.perf_counter() - t
+      history.step_seconds.append(dt)
+      losses.append(loss)
+    checkpoint(train_seconds, steps, losses)
+    if max_steps is not None and steps >= max_steps:
+      break

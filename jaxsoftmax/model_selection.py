@@ -48,6 +48,7 @@ from jaxsoftmax import _models
 from jaxsoftmax import _numerics
 from jaxsoftmax import _optim
 from jaxsoftmax import _solvers
+from jaxsoftmax import _step
 from jaxsoftmax import _validation as v
 from jaxsoftmax import metrics
 
@@ -209,15 +210,24 @@ def _train(params, x, labels, train_idx, key, l1, l2, learning_rate, *, config):
       **(options if config.schedule == "cosine" else {}),
   )
 
+  def value_and_grad(params, batch, key):
+    del key
+    return _gradients.softmax_regression_value_and_grad(
+        params, *batch, l1=l1, l2=l2)
+
+  def loss(params, batch, key):
+    del key
+    return _gradients.softmax_regression_loss(params, *batch, l1=l1, l2=l2)
+
+  # Non-finite values are documented to come back as they are: no guard.
+  train_step = _step.make_train_step(
+      loss, tx, value_and_grad_fn=value_and_grad, guard=False)
+
   def step(carry, rows):
-    params, state = carry
     # Gathered per step, so no shuffled copy of x exists; under vmap over
     # strengths the rows are shared, so the gather is not repeated per model.
-    _, grads = _gradients.softmax_regression_value_and_grad(
-        params, x[rows], labels[rows], l1=l1, l2=l2
-    )
-    updates, state = tx.update(grads, state, params)
-    return (optax.apply_updates(params, updates), state), None
+    params, state, _ = train_step(*carry, (x[rows], labels[rows]), None)
+    return (params, state), None
 
   def epoch(carry, e):
     perm = jax.random.permutation(
