@@ -261,8 +261,15 @@ def _check_rows_grad(path, g, p):
         f"{name}.ids must be [{values.shape[0]}] integers, one per row of"
         f" values; got {ids.dtype} with shape {ids.shape}.")
   if v.is_concrete(ids):
-    found = v.find_bad(
-        lambda xp, a: ((a < 0) | (a >= p_shape[0])) & (a != PAD), ids)
+    def widened(xp, a):
+      # Compared in a narrow dtype, PAD (the int32 maximum) would wrap.
+      return a.astype(xp.int32) if a.dtype.itemsize < 4 else a
+
+    def out_of_range(xp, a):
+      a = widened(xp, a)
+      return ((a < 0) | (a >= p_shape[0])) & (a != PAD)
+
+    found = v.find_bad(out_of_range, ids)
     if found:
       bad, a = found
       raise ValueError(
@@ -270,7 +277,7 @@ def _check_rows_grad(path, g, p):
           f" padding); got {a[bad][:5].tolist()} ({int(bad.sum())} bad).")
 
     def repeats(xp, a):
-      s = xp.sort(a)
+      s = xp.sort(widened(xp, a))
       return xp.any((s[1:] == s[:-1]) & (s[1:] != PAD))
 
     if v.on_host(repeats, ids):
