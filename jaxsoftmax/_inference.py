@@ -18,7 +18,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
-import numpy as np
 import optax
 
 from jaxsoftmax import _losses
@@ -304,19 +303,25 @@ def _check_temperature_exists(logits: jax.Array, labels: jax.Array) -> None:
   beta = 0 and infinite as beta -> infinity unless every label's logit is its
   row's maximum: a minimizer T* in (0, inf) exists iff neither case holds.
   """
-  h = np.asarray(_numerics.upcast(logits))
-  y = np.asarray(labels)
-  target = np.take_along_axis(h, y[:, None], axis=-1)[:, 0]
-  if np.all(target >= h.max(axis=-1)):
+
+  def slopes(xp, h, y):
+    """Whether every label's logit tops its row, and the slope at beta = 0."""
+    h = _numerics.upcast(h)
+    target = xp.take_along_axis(h, y[:, None], axis=-1)[:, 0]
+    # Masked (-inf) classes are left out of the mean, as in label smoothing.
+    finite = xp.isfinite(h)
+    mean = (xp.where(finite, h, 0).sum(-1)
+            / xp.maximum(finite.sum(-1), 1))
+    return xp.all(target >= h.max(axis=-1)), xp.mean(target - mean)
+
+  always_top, slope = v.on_host(slopes, logits, labels)
+  if always_top:
     raise ValueError(
         "fit_temperature: every example's label has its row's highest logit,"
         " so the NLL keeps falling as T -> 0 and has no minimizer; fit on a"
         " larger held-out set that the model gets partly wrong."
     )
-  # Masked (-inf) classes are left out of the mean, as in label smoothing.
-  finite = np.isfinite(h)
-  mean = np.where(finite, h, 0).sum(-1) / np.maximum(finite.sum(-1), 1)
-  if np.mean(target - mean) <= 0:
+  if slope <= 0:
     raise ValueError(
         "fit_temperature: the labels' logits are on average no higher than"
         " their rows' mean logit, so the NLL keeps falling as T -> infinity"

@@ -465,14 +465,15 @@ def binary_cross_entropy(
   v.check_floating("logits", logits)
   v.check_same_shape("labels", labels, logits.shape, "like logits")
   v.check_reduction(reduction)
-  if v.is_concrete(labels):
-    y = np.asarray(labels, dtype=np.float64)
-    bad = ~((y >= 0) & (y <= 1))
-    if bad.any():
-      raise ValueError(
-          "labels must lie in [0, 1] for binary_cross_entropy; got values"
-          f" {y[bad][:5].tolist()} ({int(bad.sum())} bad of {y.size})."
-      )
+  found = v.is_concrete(labels) and v.find_bad(
+      lambda xp, y: ~((y >= 0) & (y <= 1)), labels)
+  if found:
+    bad, y = found
+    raise ValueError(
+        "labels must lie in [0, 1] for binary_cross_entropy; got values"
+        f" {y[bad].astype(np.float64)[:5].tolist()} ({int(bad.sum())} bad of"
+        f" {y.size})."
+    )
   v.check_finite("logits", logits, allow="inf")
   if not jnp.issubdtype(labels.dtype, jnp.floating):
     labels = labels.astype(_numerics.accumulation_dtype(logits.dtype))

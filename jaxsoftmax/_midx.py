@@ -613,6 +613,6 @@ def midx(
     log_rho = np.zeros(num_classes)
     nonzero = num_classes
     if mode == "exact" and b is not None and v.is_concrete(b):
-      nonzero = int(np.sum(np.asarray(b) > -np.inf))
+      nonzero = int(v.on_host(lambda xp, a: xp.sum(a > -xp.inf), b))
   return _build(w, b, jnp.asarray(log_rho, w.dtype), key, None,
                 int(num_codewords), mode, int(kmeans_iters), nonzero)

@@ -467,16 +467,17 @@ def roc_auc_ovr(
         f" {probs.shape}."
     )
   v.check_finite("probs", probs)
-  if average in ("macro", None) and v.is_concrete(labels):
-    missing = np.setdiff1d(np.arange(num_classes), np.asarray(labels))
-    if missing.size:
-      raise ValueError(
-          "labels must contain every class for one-vs-rest ROC-AUC with"
-          f" average={average!r} (a class without positives has no AUC);"
-          f" classes {missing[:10].tolist()} do not occur among"
-          f" {labels.shape[0]} labels. Use average='weighted' (over the"
-          " classes present), 'micro', or more data."
-      )
+  found = average in ("macro", None) and v.is_concrete(labels) and v.find_bad(
+      lambda xp, y: xp.bincount(y, minlength=num_classes) == 0, labels)
+  if found:
+    missing = np.flatnonzero(found[0])
+    raise ValueError(
+        "labels must contain every class for one-vs-rest ROC-AUC with"
+        f" average={average!r} (a class without positives has no AUC);"
+        f" classes {missing[:10].tolist()} do not occur among"
+        f" {labels.shape[0]} labels. Use average='weighted' (over the"
+        " classes present), 'micro', or more data."
+    )
   if average == "micro":
     return _roc_auc_micro(probs, labels)
   every = _roc_auc_per_class(probs, labels)

@@ -65,7 +65,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
-import numpy as np
 import optax
 
 from jaxsoftmax import _gather
@@ -122,13 +121,19 @@ def gather(table: ArrayLike, ids: ArrayLike, *, size: int | None = None) -> Rows
   flat = ids.reshape(-1).astype(jnp.int32)
   flat = jnp.where((flat >= 0) & (flat < num_rows), flat, PAD)
   if v.is_concrete(flat):
-    distinct = np.unique(np.asarray(flat)).size
+    distinct = int(v.on_host(_num_distinct, flat))
     if distinct > size:
       raise ValueError(f"size must be at least the number of distinct ids"
                        f" ({distinct}); got {size}.")
   uids = _unique(flat, size)
   values = jnp.take(table, uids, axis=0, mode="fill", fill_value=0)
   return Rows(uids, values)
+
+
+def _num_distinct(xp: Any, ids: Any) -> Any:
+  """How many distinct values the vector ``ids`` holds (``xp``: NumPy or jnp)."""
+  s = xp.sort(ids)
+  return xp.sum(s[1:] != s[:-1]) + (s.size > 0)
 
 
 def _unique(ids: jax.Array, size: int) -> jax.Array:
@@ -256,14 +261,26 @@ def _check_rows_grad(path, g, p):
         f"{name}.ids must be [{values.shape[0]}] integers, one per row of"
         f" values; got {ids.dtype} with shape {ids.shape}.")
   if v.is_concrete(ids):
-    a = np.asarray(ids)
-    bad = ((a < 0) | (a >= p_shape[0])) & (a != PAD)
-    if bad.any():
+    def widened(xp, a):
+      # Compared in a narrow dtype, PAD (the int32 maximum) would wrap.
+      return a.astype(xp.int32) if a.dtype.itemsize < 4 else a
+
+    def out_of_range(xp, a):
+      a = widened(xp, a)
+      return ((a < 0) | (a >= p_shape[0])) & (a != PAD)
+
+    found = v.find_bad(out_of_range, ids)
+    if found:
+      bad, a = found
       raise ValueError(
           f"{name}.ids must lie in [0, {p_shape[0]}) (or be sparse.PAD"
           f" padding); got {a[bad][:5].tolist()} ({int(bad.sum())} bad).")
-    real = a[a != PAD]
-    if np.unique(real).size != real.size:
+
+    def repeats(xp, a):
+      s = xp.sort(widened(xp, a))
+      return xp.any((s[1:] == s[:-1]) & (s[1:] != PAD))
+
+    if v.on_host(repeats, ids):
       raise ValueError(
           f"{name}.ids must name each row at most once (sparse.gather"
           " deduplicates them); got repeats.")
