@@ -279,6 +279,46 @@ def _fused_bwd(cfg, res, cts):
 _fused.defvjp(_fused_fwd, _fused_bwd)
 
 
+def _check_inputs(x, w, b, labels, *, chunk_size, row_chunk_size, reduction,
+                  label_smoothing, ignore_index, z_loss):
+  """The arguments of :func:`fused_linear_cross_entropy` as arrays, checked."""
+  x = jnp.asarray(x)
+  w = jnp.asarray(w)
+  labels = jnp.asarray(labels)
+  v.check_floating("x", x)
+  v.check_floating("w", w)
+  v.check_min_rank("x", x, 1, "[..., num_features]")
+  v.check_rank("w", w, 2, "[num_features, num_classes]")
+  num_features, num_classes = w.shape
+  if x.shape[-1] != num_features:
+    raise ValueError(
+        f"x has {x.shape[-1]} features (shape {x.shape}) but w has"
+        f" {num_features} rows (shape {w.shape}); expected x [..., d] and"
+        " w [d, K] with the same d."
+    )
+  if num_classes == 0:
+    raise ValueError(f"w must have at least one class; got shape {w.shape}.")
+  if b is not None:
+    b = jnp.asarray(b)
+    v.check_floating("b", b)
+    v.check_same_shape("b", b, (num_classes,), "[num_classes]")
+  v.check_integer("labels", labels)
+  v.check_same_shape("labels", labels, x.shape[:-1], "x's leading dimensions")
+  v.check_positive_int("chunk_size", chunk_size)
+  if row_chunk_size is not None:
+    v.check_positive_int("row_chunk_size", row_chunk_size)
+  v.check_reduction(reduction)
+  v.check_label_smoothing(label_smoothing)
+  v.check_ignore_index(ignore_index)
+  v.check_nonnegative("z_loss", z_loss)
+  v.check_labels_in_range("labels", labels, num_classes, ignore_index)
+  v.check_finite("x", x)
+  v.check_finite("w", w)
+  if b is not None:
+    v.check_finite("b", b, allow="-inf")
+  return x, w, b, labels
+
+
 def fused_linear_cross_entropy(
     x: ArrayLike,
     w: ArrayLike,
@@ -367,41 +407,11 @@ def fused_linear_cross_entropy(
     al., "Small-scale proxies for large-scale Transformer training
     instabilities" (2023), the z-loss.
   """
-  x = jnp.asarray(x)
-  w = jnp.asarray(w)
-  labels = jnp.asarray(labels)
-  v.check_floating("x", x)
-  v.check_floating("w", w)
-  v.check_min_rank("x", x, 1, "[..., num_features]")
-  v.check_rank("w", w, 2, "[num_features, num_classes]")
+  x, w, b, labels = _check_inputs(
+      x, w, b, labels, chunk_size=chunk_size, row_chunk_size=row_chunk_size,
+      reduction=reduction, label_smoothing=label_smoothing,
+      ignore_index=ignore_index, z_loss=z_loss)
   num_features, num_classes = w.shape
-  if x.shape[-1] != num_features:
-    raise ValueError(
-        f"x has {x.shape[-1]} features (shape {x.shape}) but w has"
-        f" {num_features} rows (shape {w.shape}); expected x [..., d] and"
-        " w [d, K] with the same d."
-    )
-  if num_classes == 0:
-    raise ValueError(f"w must have at least one class; got shape {w.shape}.")
-  if b is not None:
-    b = jnp.asarray(b)
-    v.check_floating("b", b)
-    v.check_same_shape("b", b, (num_classes,), "[num_classes]")
-  v.check_integer("labels", labels)
-  v.check_same_shape("labels", labels, x.shape[:-1], "x's leading dimensions")
-  v.check_positive_int("chunk_size", chunk_size)
-  if row_chunk_size is not None:
-    v.check_positive_int("row_chunk_size", row_chunk_size)
-  v.check_reduction(reduction)
-  v.check_label_smoothing(label_smoothing)
-  v.check_ignore_index(ignore_index)
-  v.check_nonnegative("z_loss", z_loss)
-  v.check_labels_in_range("labels", labels, num_classes, ignore_index)
-  v.check_finite("x", x)
-  v.check_finite("w", w)
-  if b is not None:
-    v.check_finite("b", b, allow="-inf")
-
   acc = _numerics.accumulation_dtype(jnp.result_type(x, w))
   n = labels.size
   if weights is None:
