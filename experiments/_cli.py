@@ -2,8 +2,10 @@
 
 Every field ``some_name`` becomes a flag ``--some-name`` whose type follows the
 annotation: ``int``, ``float``, ``str``, ``bool`` (``--x`` / ``--no-x``),
-``T | None`` (as ``T``), ``tuple[T, ...]`` (comma-separated) and fixed
-tuples such as ``tuple[int, int, int]`` (``x``-separated: ``8x16x5``). ``--quick``
+``T | None`` (as ``T``), ``tuple[T, ...]`` (comma- or space-separated) and
+fixed tuples such as ``tuple[int, int, int]`` (``x``-separated: ``8x16x5``).
+A field's ``metadata["help"]`` is its help text (``argparse.SUPPRESS`` hides
+the flag). ``--quick``
 starts from ``Config().quick()``, the shrunken smoke run, as big_vision's
 ``runlocal`` switch does; flags given explicitly override either. The field
 ``quick_mode``, which ``quick()`` sets, has no flag of its own.
@@ -31,7 +33,8 @@ def _parser_for(annotation: Any) -> tuple[Any, dict[str, Any]]:
     return _parser_for(inner)
   if typing.get_origin(annotation) is tuple and args[-1] is Ellipsis:
     item, _ = _parser_for(args[0])
-    return (lambda text: tuple(item(t) for t in text.split(",") if t)), {}
+    return (lambda text: tuple(item(t) for t in text.split(",") if t)), {
+        "nargs": "+"}
   if typing.get_origin(annotation) is tuple:
     items = [_parser_for(a)[0] for a in args]
     return (lambda text: tuple(
@@ -73,9 +76,16 @@ def parse(config_type: type[C], argv: list[str] | None = None, *,
       default = ",".join(
           "x".join(map(str, d)) if isinstance(d, tuple) else str(d)
           for d in default)
-    parser.add_argument("--" + field.name.replace("_", "-"),
-                        help=f"(default: {default})", **options)
+    help_text = field.metadata.get("help", "")
+    if help_text != argparse.SUPPRESS:
+      help_text = f"{help_text} (default: {default})".strip()
+    parser.add_argument("--" + field.name.replace("_", "-"), help=help_text,
+                        **options)
   given = vars(parser.parse_args(argv))
+  for name, value in given.items():
+    # nargs="+": one tuple per word; "--ks 1,2 3" and "--ks 1 2 3" agree.
+    if isinstance(value, list):
+      given[name] = tuple(item for part in value for item in part)
   config = defaults.quick() if given.pop("quick") else defaults
   try:
     return dataclasses.replace(config, **given)
