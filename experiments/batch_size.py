@@ -32,6 +32,12 @@ bounded cross-entropy gradient keeps such runs finite, so "diverged" means
 an objective above the start's. Cells marked ``*`` have eta > 2 /
 lambda_max. Results go to ``results/batch_size.json`` and the figure to
 ``results/batch_size.png``.
+
+References:
+  P. Goyal et al., "Accurate, large minibatch SGD: training ImageNet in 1
+  hour", arXiv:1706.02677 (2017), the linear scaling rule; Y. LeCun,
+  L. Bottou, G. B. Orr, K.-R. Mueller, "Efficient BackProp", Neural Networks:
+  Tricks of the Trade, Springer (1998), the 2 / lambda_max limit.
 """
 
 from __future__ import annotations

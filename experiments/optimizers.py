@@ -38,6 +38,12 @@ value-and-gradient (more when the line search tries several steps), so its
 "epochs" axis counts iterations. Results go to ``results/optimizers.json``
 and the figure (objective minus the best value seen, which is L-BFGS's last,
 against wall time and against epochs) to ``results/optimizers.png``.
+
+References:
+  D. P. Kingma, J. Ba, "Adam: a method for stochastic optimization", ICLR
+  (2015); I. Loshchilov, F. Hutter, "Decoupled weight decay regularization",
+  ICLR (2019); D. C. Liu, J. Nocedal, "On the limited memory BFGS method for
+  large scale optimization", Mathematical Programming 45 (1989).
 """
 
 from __future__ import annotations

@@ -38,6 +38,13 @@ alone.
 
 Results go to ``results/regularization.json`` and the figure (CV loss, test
 accuracy and sparsity against the strength) to ``results/regularization.png``.
+
+References:
+  R. Tibshirani, "Regression shrinkage and selection via the lasso", JRSS B
+  58 (1996); H. Zou, T. Hastie, "Regularization and variable selection via
+  the elastic net", JRSS B 67 (2005); T. Hastie, R. Tibshirani, J. Friedman,
+  "The Elements of Statistical Learning", 2nd ed., Springer (2009), section
+  7.10 (cross-validation).
 """
 
 from __future__ import annotations

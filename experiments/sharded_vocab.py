@@ -43,6 +43,11 @@ RAM, so the host holds P times that.
 Figures go to ``results/sharded_vocab.json`` (``--quick``:
 ``results/sharded_vocab_quick.json``; multi-process:
 ``results/sharded_vocab_multiprocess[_quick].json``).
+
+References:
+  M. Shoeybi et al., "Megatron-LM: training multi-billion parameter language
+  models using model parallelism", arXiv:1909.08053 (2019), the
+  vocab-parallel cross-entropy.
 """
 
 from __future__ import annotations

@@ -15,6 +15,11 @@ with the gradient from ``softmax_regression_value_and_grad`` (never
 learning-rate decay). Each epoch is one
 ``lax.scan`` over minibatches inside a single jitted call; the data is passed
 as an argument, not closed over, so it is not baked into the program.
+
+References:
+  E. Kim, "ML refresher / softmax regression", Data 188 lecture 2 (2026), the
+  update rule; E. Alpaydin, C. Kaynak, "Optical recognition of handwritten
+  digits", UCI Machine Learning Repository (1998), the data.
 """
 
 from __future__ import annotations
