@@ -38,6 +38,13 @@ def load_experiment(name, monkeypatch):
   return module
 
 
+@pytest.fixture
+def float32():
+  """The scripts' own default dtype; conftest turns float64 on for the suite."""
+  with jax.enable_x64(False):
+    yield
+
+
 def test_command_line_quick_writes_its_results(tmp_path):
   env = dict(os.environ, JAXSOFTMAX_RESULTS=str(tmp_path))
   proc = subprocess.run(
@@ -122,7 +129,7 @@ def test_mnist_without_data_says_make_data(tmp_path, monkeypatch):
 
 
 @pytest.mark.skipif(not mnist_cached(), reason="MNIST not cached: make data")
-def test_mnist_quick(tmp_path, monkeypatch):
+def test_mnist_quick(tmp_path, monkeypatch, float32):
   mnist = load_experiment("mnist", monkeypatch)
   results = mnist.run(mnist.Config().quick(), tmp_path)
   assert {"test_error", "train_seconds", "train_seconds_excluding_compile",
@@ -145,7 +152,7 @@ def test_mnist_quick(tmp_path, monkeypatch):
     assert png.read_bytes()[:8] == PNG, kind
 
 
-def test_optimizers_quick(tmp_path, monkeypatch):
+def test_optimizers_quick(tmp_path, monkeypatch, float32):
   opt = load_experiment("optimizers", monkeypatch)
   results = opt.run(opt.Config().quick(), tmp_path)
   names = [r["optimizer"] for r in results["table"]]
@@ -161,7 +168,7 @@ def test_optimizers_quick(tmp_path, monkeypatch):
   assert (tmp_path / "optimizers_quick.png").read_bytes()[:8] == PNG
 
 
-def test_regularization_quick(tmp_path, monkeypatch):
+def test_regularization_quick(tmp_path, monkeypatch, float32):
   reg = load_experiment("regularization", monkeypatch)
   results = reg.run(reg.Config().quick(), tmp_path)
   assert [s["penalty"] for s in results["summary"]] == [
@@ -178,7 +185,7 @@ def test_regularization_quick(tmp_path, monkeypatch):
   assert (tmp_path / "regularization_quick.png").read_bytes()[:8] == PNG
 
 
-def test_batch_size_quick(tmp_path, monkeypatch):
+def test_batch_size_quick(tmp_path, monkeypatch, float32):
   bs = load_experiment("batch_size", monkeypatch)
   results = bs.run(bs.Config().quick(), tmp_path)
   config = results["config"]
@@ -201,7 +208,7 @@ def gcide_cached():
   return True
 
 
-def test_sharded_vocab_quick(monkeypatch):
+def test_sharded_vocab_quick(monkeypatch, float32):
   sv = load_experiment("sharded_vocab", monkeypatch)
   assert jax.device_count() == 8  # conftest's simulated CPU devices
   results = sv.run(sv.Config().quick())
@@ -228,7 +235,7 @@ def test_large_vocab_without_data_says_make_data_text(tmp_path, monkeypatch):
 
 @pytest.mark.skipif(not gcide_cached(),
                     reason="GCIDE not cached: make data-text")
-def test_large_vocab_quick(tmp_path, monkeypatch):
+def test_large_vocab_quick(tmp_path, monkeypatch, float32):
   lv = load_experiment("large_vocab", monkeypatch)
   results = lv.run(lv.Config().quick(), tmp_path)
   assert results["quick"]
@@ -252,7 +259,7 @@ def test_large_vocab_quick(tmp_path, monkeypatch):
 
 @pytest.mark.skipif(not gcide_cached(),
                     reason="GCIDE not cached: make data-text")
-def test_midx_quick(monkeypatch):
+def test_midx_quick(monkeypatch, float32):
   midx = load_experiment("midx", monkeypatch)
   results = midx.run(midx.Config().quick())
   rows = {r["sampler"]: r for r in results["rows"]}
