@@ -5,13 +5,18 @@ annotation: ``int``, ``float``, ``str``, ``bool`` (``--x`` / ``--no-x``),
 ``T | None`` (as ``T``), ``tuple[T, ...]`` (comma- or space-separated) and
 fixed tuples such as ``tuple[int, int, int]`` (``x``-separated: ``8x16x5``).
 A field's ``metadata["help"]`` is its help text (``argparse.SUPPRESS`` hides
-the flag). ``--quick``
-starts from ``Config().quick()``, the shrunken smoke run, as big_vision's
-``runlocal`` switch does; flags given explicitly override either. The field
-``quick_mode``, which ``quick()`` sets, has no flag of its own.
+the flag). ``--quick`` starts from ``Config().quick()``, the shrunken smoke
+run, as big_vision's ``runlocal`` switch does; flags given explicitly
+override either. The field ``quick_mode``, which ``quick()`` sets, has no
+flag of its own.
 
 Only the given flags reach the dataclass, so its ``__post_init__`` validates
 the result and its errors name the field.
+
+References:
+  L. Beyer, X. Zhai, A. Kolesnikov, "Big Vision", GitHub repository
+  google-research/big_vision (2022), configs with ``get_config(arg)`` and
+  ``runlocal``.
 """
 
 from __future__ import annotations
