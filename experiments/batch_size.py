@@ -1,7 +1,8 @@
 r"""Batch size x learning rate on MNIST: where the linear scaling rule holds.
 
 Command: ``python experiments/batch_size.py`` (``--quick``: scikit-learn's
-digits, 4 batch sizes, 3 epochs; seconds; a smoke test).
+digits, 4 batch sizes, 3 multipliers, 3 epochs; seconds; a smoke test; every
+``Config`` field is a flag).
 Expected: with the rule's learning rate (eta = 0.05 * B / 64) the training
 objective after 5 epochs is 0.260-0.264 and the test accuracy 0.920-0.922
 at every B from 16 to 1024, and the best multiplier is m = 1 there: the rule
@@ -31,13 +32,21 @@ bounded cross-entropy gradient keeps such runs finite, so "diverged" means
 an objective above the start's. Cells marked ``*`` have eta > 2 /
 lambda_max. Results go to ``results/batch_size.json`` and the figure to
 ``results/batch_size.png``.
+
+References:
+  P. Goyal et al., "Accurate, large minibatch SGD: training ImageNet in 1
+  hour", arXiv:1706.02677 (2017), the linear scaling rule; Y. LeCun,
+  L. Bottou, G. B. Orr, K.-R. Mueller, "Efficient BackProp", Neural Networks:
+  Tricks of the Trade, Springer (1998), the 2 / lambda_max limit.
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import os
 import time
+from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -47,121 +56,117 @@ import jaxsoftmax as js
 from jaxsoftmax import model_selection as ms
 from jaxsoftmax import reporting
 
-L2 = 1e-4
-BASE_BATCH, BASE_LR = 64, 0.05
-BATCH_SIZES = (16, 64, 256, 1024, 4096, 16384)
-MULTIPLIERS = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0)
-QUICK_BATCH_SIZES = (16, 64, 256, 1024)
-QUICK_MULTIPLIERS = (0.5, 1.0, 2.0)
-CURVATURE_ROWS = 10_000
+import _cli
+
+DATASETS = ("mnist", "digits")
 
 
-def load(quick: bool):
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """The batch size x multiplier grid around the rule eta_0 B / B_0."""
+
+  dataset: str = "mnist"
+  epochs: int = 5
+  l2: float = 1e-4
+  base_batch_size: int = 64
+  base_learning_rate: float = 0.05
+  batch_sizes: tuple[int, ...] = (16, 64, 256, 1024, 4096, 16384)
+  multipliers: tuple[float, ...] = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0)
+  curvature_rows: int = 10_000
+  quick_mode: bool = False
+
+  def __post_init__(self):
+    if self.dataset not in DATASETS:
+      raise ValueError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
+    for name in ("epochs", "base_batch_size", "curvature_rows"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+    if not self.batch_sizes or min(self.batch_sizes) < 1:
+      raise ValueError("batch_sizes must be positive integers, got"
+                       f" {self.batch_sizes}")
+    if 1.0 not in self.multipliers or min(self.multipliers) <= 0:
+      raise ValueError("multipliers must be positive and include 1 (the rule"
+                       f" itself), got {self.multipliers}")
+    if self.l2 < 0 or self.base_learning_rate <= 0:
+      raise ValueError("l2 must be >= 0 and base_learning_rate > 0, got"
+                       f" {self.l2} and {self.base_learning_rate}")
+
+  def quick(self) -> Config:
+    """Digits, 4 batch sizes, 3 multipliers, 3 epochs: the smoke test."""
+    return dataclasses.replace(
+        self, dataset="digits", epochs=3, batch_sizes=(16, 64, 256, 1024),
+        multipliers=(0.5, 1.0, 2.0), quick_mode=True)
+
+
+def load(dataset: str):
   """Standardized train and test arrays, and the number of classes."""
-  data = js.data.load_digits() if quick else js.data.load_mnist()
+  data = js.data.load_digits() if dataset == "digits" else js.data.load_mnist()
   return (*map(jnp.asarray, data.standardized()), data.num_classes)
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--quick", action="store_true")
-  parser.add_argument("--epochs", type=int, help="epochs per run (5)")
-  args = parser.parse_args()
-  batch_sizes = QUICK_BATCH_SIZES if args.quick else BATCH_SIZES
-  multipliers = QUICK_MULTIPLIERS if args.quick else MULTIPLIERS
-  config = ms.TrainConfig(
-      optimizer="sgd", learning_rate=BASE_LR, schedule="constant",
-      epochs=args.epochs or (3 if args.quick else 5), batch_size=BASE_BATCH,
-  )
+def grid_table(sweep, values, fmt, *, epochs, num_train, limit):
+  """One row per batch size: ``fmt`` of each multiplier's value, best m."""
+  multipliers = list(sweep.multipliers)
+  out = []
+  for i, b in enumerate(sweep.batch_sizes):
+    row = {"B": int(b), "steps": epochs * (num_train // int(b)),
+           "rule eta": float(sweep.learning_rates[i, multipliers.index(1.0)])}
+    for j, m in enumerate(multipliers):
+      mark = "*" if sweep.learning_rates[i, j] > limit else ""
+      row[f"m={m:g}"] = fmt(values[i, j]) + mark
+    best = int(np.nanargmin(np.where(
+        np.isfinite(sweep.train_loss[i]), sweep.train_loss[i], np.nan)))
+    row["best m"] = f"{multipliers[best]:g}"
+    out.append(row)
+  return out
 
+
+def run(config: Config, workdir: Path | None = None) -> dict[str, Any]:
+  """Trains the grid; returns its objectives, accuracies and lambda_max.
+
+  The figure goes to ``workdir`` when given.
+  """
+  train = ms.TrainConfig(
+      optimizer="sgd", learning_rate=config.base_learning_rate,
+      schedule="constant", epochs=config.epochs,
+      batch_size=config.base_batch_size,
+  )
   load_before = os.getloadavg()
   t_start = time.perf_counter()
-  x, y, x_test, y_test, num_classes = load(args.quick)
-  batch_sizes = tuple(b for b in batch_sizes if b <= x.shape[0])
-  print(
-      f"{'digits' if args.quick else 'MNIST'}: {x.shape[0]} train /"
-      f" {x_test.shape[0]} test; SGD, {config.epochs} epochs, l2 = {L2:g};"
-      f" rule eta = {BASE_LR:g} * B / {BASE_BATCH}; load average"
-      f" {load_before[0]:.2f}"
-  )
+  x, y, x_test, y_test, num_classes = load(config.dataset)
+  batch_sizes = tuple(b for b in config.batch_sizes if b <= x.shape[0])
   params = js.linear_init(jax.random.key(0), x.shape[1], num_classes)
-  start = float(js.softmax_regression_loss(params, x, y, l2=L2))
-  rows = np.random.default_rng(0).permutation(x.shape[0])[:CURVATURE_ROWS]
+  start = float(js.softmax_regression_loss(params, x, y, l2=config.l2))
+  rows = np.random.default_rng(0).permutation(x.shape[0])[:config.curvature_rows]
   lam_max = float(ms.hessian_top_eigenvalue(
-      params, x[rows], y[rows], jax.random.key(1), l2=L2, iterations=50
+      params, x[rows], y[rows], jax.random.key(1), l2=config.l2, iterations=50
   ))
   limit = 2.0 / lam_max
-  print(f"start objective {start:.4f}; lambda_max of the Hessian at the"
-        f" start {lam_max:.3f}, so 2 / lambda_max = {limit:.3f}")
-
   sweep = ms.linear_scaling_sweep(
-      params, x, y, jax.random.key(2), config, batch_sizes=batch_sizes,
-      multipliers=multipliers, eval_data=(x_test, y_test), l2=L2,
+      params, x, y, jax.random.key(2), train, batch_sizes=batch_sizes,
+      multipliers=config.multipliers, eval_data=(x_test, y_test),
+      l2=config.l2,
   )
-
-  def grid_table(values, fmt):
-    out = []
-    for i, b in enumerate(sweep.batch_sizes):
-      row = {"B": int(b), "steps": config.epochs * (x.shape[0] // int(b)),
-             "rule eta": float(sweep.learning_rates[i, multipliers.index(1.0)])}
-      for j, m in enumerate(multipliers):
-        mark = "*" if sweep.learning_rates[i, j] > limit else ""
-        row[f"m={m:g}"] = fmt(values[i, j]) + mark
-      best = int(np.nanargmin(np.where(
-          np.isfinite(sweep.train_loss[i]), sweep.train_loss[i], np.nan)))
-      row["best m"] = f"{multipliers[best]:g}"
-      out.append(row)
-    return out
-
-  columns = ["B", "steps", "rule eta", *[f"m={m:g}" for m in multipliers],
-             "best m"]
-  objective_fmt = lambda v: (  # noqa: E731
-      "diverged" if not np.isfinite(v) or v > start else f"{v:.4f}")
-  objective_table = grid_table(sweep.train_loss, objective_fmt)
-  accuracy_table = grid_table(sweep.test_accuracy, lambda v: f"{v:.4f}")
-  print("\nfinal training objective (m = multiplier of the rule's rate;"
-        " * = eta above 2 / lambda_max; best m by objective):")
-  print(reporting.format_table(objective_table, columns))
-  print("\ntest accuracy:")
-  print(reporting.format_table(accuracy_table, columns))
-  total = time.perf_counter() - t_start
-  load_after = os.getloadavg()
-  print(f"per batch size (s, compile included): "
-        + ", ".join(f"B={b}: {s:.1f}" for b, s in
-                    zip(sweep.batch_sizes, sweep.seconds)))
-  print(f"total {total:.1f} s; load average {load_before[0]:.2f} before,"
-        f" {load_after[0]:.2f} after")
-
-  suffix = "_quick" if args.quick else ""
-  b_list = [int(b) for b in sweep.batch_sizes]
-  # Diverged runs are off the scale of interest; leave them out of the plot.
-  capped = np.where(sweep.train_loss > start, np.nan, sweep.train_loss)
-  figure = ms.plot_panels(
-      reporting.RESULTS_DIR / f"batch_size{suffix}.png",
-      [
-          ms.Panel("final training objective", "batch size B",
-                   "objective (diverged runs omitted)",
-                   {f"eta = {m:g} x rule": (b_list, capped[:, j].tolist())
-                    for j, m in enumerate(multipliers)},
-                   xscale="log", yscale="log"),
-          ms.Panel("test accuracy", "batch size B", "accuracy",
-                   {f"eta = {m:g} x rule":
-                    (b_list, sweep.test_accuracy[:, j].tolist())
-                    for j, m in enumerate(multipliers)},
-                   xscale="log"),
-      ],
-      title=(f"SGD, {config.epochs} epochs, rule eta = {BASE_LR:g} B /"
-             f" {BASE_BATCH}; 2 / lambda_max = {limit:.3f}"),
-  )
-  path = reporting.save_results(f"batch_size{suffix}", {
+  table = lambda values, fmt: grid_table(  # noqa: E731
+      sweep, values, fmt, epochs=config.epochs, num_train=x.shape[0],
+      limit=limit)
+  objective_table = table(sweep.train_loss, lambda v: (
+      "diverged" if not np.isfinite(v) or v > start else f"{v:.4f}"))
+  accuracy_table = table(sweep.test_accuracy, lambda v: f"{v:.4f}")
+  results = {
       "config": {
-          "quick": args.quick, "epochs": config.epochs, "l2": L2,
-          "optimizer": "sgd (constant rate)", "base_batch_size": BASE_BATCH,
-          "base_learning_rate": BASE_LR, "batch_sizes": b_list,
-          "multipliers": list(multipliers),
+          "quick": config.quick_mode, "dataset": config.dataset,
+          "epochs": config.epochs, "l2": config.l2,
+          "optimizer": "sgd (constant rate)",
+          "base_batch_size": config.base_batch_size,
+          "base_learning_rate": config.base_learning_rate,
+          "batch_sizes": [int(b) for b in sweep.batch_sizes],
+          "multipliers": list(config.multipliers),
           "load_average_before": load_before,
-          "load_average_after": load_after,
+          "load_average_after": os.getloadavg(),
       },
+      "num_train": int(x.shape[0]),
+      "num_test": int(x_test.shape[0]),
       "start_objective": start,
       "hessian_lambda_max": lam_max,
       "stability_limit": limit,
@@ -171,9 +176,79 @@ def main() -> None:
       "test_accuracy": sweep.test_accuracy.tolist(),
       "seconds_per_batch_size": sweep.seconds.tolist(),
       "tables": {"objective": objective_table, "accuracy": accuracy_table},
-      "seconds": total,
-  })
-  print(f"wrote {path} and {figure}")
+      "seconds": time.perf_counter() - t_start,
+  }
+  if workdir is not None:
+    results["figure"] = str(plot(results, Path(workdir)))
+  return results
+
+
+def plot(results: dict[str, Any], workdir: Path) -> Path:
+  """Objective and test accuracy against B, one curve per multiplier."""
+  config = results["config"]
+  b_list = config["batch_sizes"]
+  # Diverged runs are off the scale of interest; leave them out of the plot.
+  objective = np.asarray(results["train_objective"])
+  capped = np.where(objective > results["start_objective"], np.nan, objective)
+  accuracy = np.asarray(results["test_accuracy"])
+  suffix = "_quick" if config["quick"] else ""
+  multipliers = config["multipliers"]
+  return ms.plot_panels(
+      workdir / f"batch_size{suffix}.png",
+      [
+          ms.Panel("final training objective", "batch size B",
+                   "objective (diverged runs omitted)",
+                   {f"eta = {m:g} x rule": (b_list, capped[:, j].tolist())
+                    for j, m in enumerate(multipliers)},
+                   xscale="log", yscale="log"),
+          ms.Panel("test accuracy", "batch size B", "accuracy",
+                   {f"eta = {m:g} x rule": (b_list, accuracy[:, j].tolist())
+                    for j, m in enumerate(multipliers)},
+                   xscale="log"),
+      ],
+      title=(f"SGD, {config['epochs']} epochs, rule eta ="
+             f" {config['base_learning_rate']:g} B /"
+             f" {config['base_batch_size']}; 2 / lambda_max ="
+             f" {results['stability_limit']:.3f}"),
+  )
+
+
+def report(results: dict[str, Any]) -> None:
+  """Prints the grid's two tables and the timings."""
+  config = results["config"]
+  print(
+      f"{config['dataset']}: {results['num_train']} train /"
+      f" {results['num_test']} test; SGD, {config['epochs']} epochs, l2 ="
+      f" {config['l2']:g}; rule eta = {config['base_learning_rate']:g} * B /"
+      f" {config['base_batch_size']}; load average"
+      f" {config['load_average_before'][0]:.2f}"
+  )
+  print(f"start objective {results['start_objective']:.4f}; lambda_max of the"
+        f" Hessian at the start {results['hessian_lambda_max']:.3f}, so 2 /"
+        f" lambda_max = {results['stability_limit']:.3f}")
+  columns = ["B", "steps", "rule eta",
+             *[f"m={m:g}" for m in config["multipliers"]], "best m"]
+  print("\nfinal training objective (m = multiplier of the rule's rate;"
+        " * = eta above 2 / lambda_max; best m by objective):")
+  print(reporting.format_table(results["tables"]["objective"], columns))
+  print("\ntest accuracy:")
+  print(reporting.format_table(results["tables"]["accuracy"], columns))
+  print("per batch size (s, compile included): "
+        + ", ".join(f"B={b}: {s:.1f}" for b, s in
+                    zip(config["batch_sizes"],
+                        results["seconds_per_batch_size"])))
+  print(f"total {results['seconds']:.1f} s; load average"
+        f" {config['load_average_before'][0]:.2f} before,"
+        f" {config['load_average_after'][0]:.2f} after")
+
+
+def main(argv: list[str] | None = None) -> None:
+  config = _cli.parse(Config, argv, description=__doc__.splitlines()[0])
+  results = run(config, reporting.RESULTS_DIR)
+  report(results)
+  suffix = "_quick" if config.quick_mode else ""
+  path = reporting.save_results(f"batch_size{suffix}", results)
+  print(f"wrote {path} and {results['figure']}")
 
 
 if __name__ == "__main__":

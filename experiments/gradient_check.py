@@ -46,7 +46,6 @@ References:
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import sys
@@ -60,6 +59,8 @@ import numpy as np
 
 import jaxsoftmax as js
 from jaxsoftmax import reporting
+
+import _cli
 
 # Before any array exists: float64 references and finite differences.
 jax.config.update("jax_enable_x64", True)
@@ -75,10 +76,6 @@ NAIVE_MAX_ELEMENTS = 2e7  # Table 1 runs the naive one up to B K d K this big.
 FITS_BYTES = 6 * 2**30  # Table 2 runs (and times) the naive one below this.
 SLOW_CALL_S = 10.0  # stop timing the naive one past this per call.
 
-FULL_SIZES = [(1, 5, 3), (32, 64, 10), (128, 784, 10), (64, 256, 1000)]
-QUICK_SIZES = [(8, 16, 5)]
-FULL_LADDER = [16, 32, 64, 128, 256, 512, 1000, 2048]
-QUICK_LADDER = [16, 64]
 
 
 # ----------------------------------------------------------------------------
@@ -442,18 +439,53 @@ TABLE2_COLUMNS = ["K=d", "lecture naive", "lecture struct", "XLA naive",
                   "struct ms", "time ratio", "t ratio/K"]
 
 
-def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--quick", action="store_true",
-                      help="small sizes only (the smoke test)")
-  args = parser.parse_args(argv)
-  start = time.perf_counter()
-  sizes = QUICK_SIZES if args.quick else FULL_SIZES
-  ladder = QUICK_LADDER if args.quick else FULL_LADDER
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """Table 1's problem sizes (B, d, K) and Table 2's K = d ladder."""
 
+  sizes: tuple[tuple[int, int, int], ...] = (
+      (1, 5, 3), (32, 64, 10), (128, 784, 10), (64, 256, 1000))
+  ladder: tuple[int, ...] = (16, 32, 64, 128, 256, 512, 1000, 2048)
+  quick_mode: bool = False
+
+  def __post_init__(self):
+    if not self.sizes or any(len(s) != 3 or min(s) < 1 for s in self.sizes):
+      raise ValueError("sizes must be a non-empty list of positive (B, d, K)"
+                       f" triples, got {self.sizes}")
+    if any(k < 2 for k in self.ladder):
+      raise ValueError(f"ladder must hold sizes K = d >= 2, got {self.ladder}")
+
+  def quick(self) -> Config:
+    """One small size and two rungs: the smoke test."""
+    return dataclasses.replace(self, sizes=((8, 16, 5),), ladder=(16, 64),
+                               quick_mode=True)
+
+
+def run(config: Config) -> dict[str, Any]:
+  """Both tables' rows, and whether every float64 row is within TOLERANCE."""
+  start = time.perf_counter()
   rng = np.random.default_rng(0)
   correctness = [check_case(case, rng)
-                 for size in sizes for case in make_cases(rng, size)]
+                 for size in config.sizes for case in make_cases(rng, size)]
+  complexity = [complexity_row(size) for size in config.ladder]
+  failures = [r for r in correctness
+              if not (r["f64 rel"] <= TOLERANCE and r["loss rel"] <= TOLERANCE)]
+  return {
+      "quick": config.quick_mode,
+      "config": dataclasses.asdict(config),
+      "tolerance": TOLERANCE,
+      "fd_step": FD_STEP,
+      "num_directions": NUM_DIRECTIONS,
+      "passed": not failures,
+      "runtime_s": time.perf_counter() - start,
+      "correctness": correctness,
+      "complexity": complexity,
+  }
+
+
+def report(results: dict[str, Any]) -> None:
+  """Prints both tables, and the failed rows to stderr."""
+  correctness = results["correctness"]
   print("Table 1: gradient correctness in float64, against jax.grad of a plain"
         " reference\n(rel = max|g - g_ref| / max|g_ref|) and against central"
         " differences of the library's loss")
@@ -466,38 +498,30 @@ def main(argv=None):
   print("Table 1b: the same gradients in float32, against float32 jax.grad and"
         " the float64 reference")
   print(reporting.format_table(correctness, TABLE1_F32_COLUMNS))
-
-  complexity = [complexity_row(size) for size in ladder]
   print()
   print("Table 2: naive Jacobian vs structured gradient, batch size 1, d = K,"
         " float32")
   print(reporting.format_table(
-      [complexity_display(r) for r in complexity], TABLE2_COLUMNS))
+      [complexity_display(r) for r in results["complexity"]], TABLE2_COLUMNS))
   print("Memory: XLA's argument + output + temp bytes of the compiled call."
         " The structured total is parameters\n+ gradient (2 d K floats), so"
         " the ratio is ~K / 2; the lecture counts one d K array: 4 GB vs 4 MB"
         "\nat K = d = 1000. Time: medians of alternated runs; up to K ~ 64 both"
         " are mostly per-call overhead.")
+  for r in correctness:
+    if not (r["f64 rel"] <= TOLERANCE and r["loss rel"] <= TOLERANCE):
+      print(f"FAILED: {r['case']} at B,d,K = {r['B,d,K']}: float64 rel error"
+            f" {r['f64 rel']:.3g} (loss {r['loss rel']:.3g}) > {TOLERANCE:g}",
+            file=sys.stderr)
 
-  failures = [r for r in correctness
-              if not (r["f64 rel"] <= TOLERANCE and r["loss rel"] <= TOLERANCE)]
-  runtime = time.perf_counter() - start
-  path = reporting.save_results("gradient_check", {
-      "quick": args.quick,
-      "tolerance": TOLERANCE,
-      "fd_step": FD_STEP,
-      "num_directions": NUM_DIRECTIONS,
-      "passed": not failures,
-      "runtime_s": runtime,
-      "correctness": correctness,
-      "complexity": complexity,
-  })
-  print(f"\nWrote {path} in {runtime:.0f} s.")
-  for r in failures:
-    print(f"FAILED: {r['case']} at B,d,K = {r['B,d,K']}: float64 rel error"
-          f" {r['f64 rel']:.3g} (loss {r['loss rel']:.3g}) > {TOLERANCE:g}",
-          file=sys.stderr)
-  return 1 if failures else 0
+
+def main(argv: list[str] | None = None) -> int:
+  config = _cli.parse(Config, argv, description=__doc__.split("\n")[0])
+  results = run(config)
+  report(results)
+  path = reporting.save_results("gradient_check", results)
+  print(f"\nWrote {path} in {results['runtime_s']:.0f} s.")
+  return 0 if results["passed"] else 1
 
 
 if __name__ == "__main__":

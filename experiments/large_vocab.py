@@ -2,7 +2,7 @@ r"""Very large K: seven output layers, one wall-clock budget, exact perplexity.
 
 Command: ``python experiments/large_vocab.py`` (``--quick``: a smoke run on a
 tiny vocabulary, about 35 s; the corpus must be fetched once with ``make
-data-text``).
+data-text``; every ``Config`` field is a flag).
 Expected: within the budget the hierarchical softmax on a Huffman tree has
 the lowest held-out perplexity at every K, then the balanced tree, sampled
 softmax with a unigram or log-uniform proposal, and the class-based softmax;
@@ -59,12 +59,24 @@ the rare-word tail cluster has :math:`S` = 11,134 words at the full
 :math:`\lceil\sqrt K\rceil 2^i` to minimize :math:`C + 8S`, the cost of
 the cluster softmax plus the gather, which costs about 8 times as much per
 column on this CPU: :math:`C` = 800, 3584 and 5312 at the three K.
+
+References:
+  F. Morin, Y. Bengio, "Hierarchical probabilistic neural network language
+  model", AISTATS (2005); T. Mikolov et al., "Distributed representations of
+  words and phrases and their compositionality", NeurIPS (2013), the Huffman
+  tree and negative sampling; S. Jean, K. Cho, R. Memisevic, Y. Bengio, "On
+  using very large target vocabulary for neural machine translation", ACL
+  (2015), sampled softmax; M. Gutmann, A. Hyvarinen, "Noise-contrastive
+  estimation", AISTATS (2010); J. Goodman, "Classes for fast maximum entropy
+  training", ICASSP (2001).
 """
 
 from __future__ import annotations
 
-import argparse
+from collections.abc import Callable
+import dataclasses
 import math
+from pathlib import Path
 import time
 from typing import Any
 
@@ -78,15 +90,78 @@ from jaxsoftmax._hierarchical import frequency_clusters
 from jaxsoftmax._optim import make_optimizer
 from jaxsoftmax.data import load_text_corpus
 
+import _cli
+
 # The member gather of the class-based loss against one column of the
 # cluster softmax, per example (measured at K = 109,594 on a loaded machine:
 # C = 2000, S = 1849 takes 1.0 s a step, C = 8000, S = 463 takes 0.42 s).
 GATHER_COST = 8
 
 
-def parse_ks(text: str) -> list[int | None]:
-  """``"10000,50000,full"`` -> ``[10000, 50000, None]``."""
-  return [None if k == "full" else int(k) for k in text.split(",")]
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """The vocabularies, the heads to compare and their shared budget."""
+
+  ks: tuple[str, ...] = dataclasses.field(
+      default=("10000", "50000", "full"),
+      metadata={"help": "vocabulary sizes; 'full' = every training word"})
+  methods: tuple[str, ...] = lv.METHODS
+  samplers: tuple[str, ...] = lv.SAMPLERS
+  num_samples: tuple[int, ...] = dataclasses.field(
+      default=(64, 512, 2048),
+      metadata={"help": "sampled-softmax candidate counts m"})
+  contrastive_samples: int = dataclasses.field(
+      default=512,
+      metadata={"help": "noise samples for NCE and negative sampling"})
+  budget_seconds: float = dataclasses.field(
+      default=10.0,
+      metadata={"help": "training time per run (compile and eval excluded)"})
+  batch_size: int | None = dataclasses.field(
+      default=None, metadata={"help": "rows per step (None: each method's,"
+                              " see large_vocab.TRAIN_DEFAULTS)"})
+  context: int = 4
+  embed_dim: int = 64
+  hidden_dim: int = 128
+  learning_rate: float | None = dataclasses.field(
+      default=None, metadata={"help": "Adam's (None: each method's)"})
+  num_clusters: str = dataclasses.field(
+      default="auto", metadata={"help": "class-based clusters C, or 'auto'"})
+  eval_examples: int = 4096
+  checkpoints: int = 4
+  max_tokens: int | None = dataclasses.field(
+      default=None, metadata={"help": "corpus tokens read (None: all)"})
+  seed: int = 0
+  quick_mode: bool = False
+
+  def __post_init__(self):
+    for name, allowed in (("methods", lv.METHODS), ("samplers", lv.SAMPLERS)):
+      unknown = set(getattr(self, name)) - set(allowed)
+      if unknown:
+        raise ValueError(f"{name}: unknown {sorted(unknown)}; choose from"
+                         f" {allowed}")
+    if any(k != "full" and not (k.isdigit() and int(k) > 1) for k in self.ks):
+      raise ValueError(f"ks must be vocabulary sizes > 1 or 'full', got"
+                       f" {self.ks}")
+    if not (self.num_clusters == "auto" or self.num_clusters.isdigit()):
+      raise ValueError("num_clusters must be a positive integer or 'auto',"
+                       f" got {self.num_clusters!r}")
+    if not self.budget_seconds > 0:
+      raise ValueError(
+          f"budget_seconds must be positive, got {self.budget_seconds}")
+    for name in ("num_samples", "contrastive_samples", "batch_size",
+                 "context", "embed_dim", "hidden_dim", "eval_examples",
+                 "checkpoints", "max_tokens"):
+      value = getattr(self, name)
+      if value is not None and min(value if isinstance(value, tuple)
+                                   else (value,), default=0) < 1:
+        raise ValueError(f"{name} must be positive, got {value}")
+
+  def quick(self) -> Config:
+    """Tiny K and budget, one sampled configuration."""
+    return dataclasses.replace(
+        self, ks=("300",), samplers=("log_uniform",), num_samples=(64,),
+        contrastive_samples=64, budget_seconds=0.3, eval_examples=256,
+        checkpoints=2, batch_size=64, max_tokens=100_000, quick_mode=True)
 
 
 def auto_num_clusters(counts: np.ndarray) -> int:
@@ -102,45 +177,42 @@ def auto_num_clusters(counts: np.ndarray) -> int:
   return best[1] if best else max(1, k // 2)
 
 
-def configurations(args: argparse.Namespace) -> list[tuple[str, str, dict]]:
+def configurations(config: Config) -> list[tuple[str, str, dict]]:
   """(label, method, head options) for every run at one K."""
   runs = []
-  for method in args.methods.split(","):
+  for method in config.methods:
     if method == "sampled":
-      for sampler in args.samplers.split(","):
-        for m in (int(s) for s in args.num_samples.split(",")):
+      for sampler in config.samplers:
+        for m in config.num_samples:
           runs.append((f"sampled {sampler} m={m}", method,
                        dict(sampler=sampler, num_samples=m)))
     elif method in ("nce", "negative_sampling"):
-      runs.append((f"{method} m={args.contrastive_samples}", method,
-                   dict(num_samples=args.contrastive_samples)))
-    elif method in lv.METHODS:
-      runs.append((method, method, {}))
+      runs.append((f"{method} m={config.contrastive_samples}", method,
+                   dict(num_samples=config.contrastive_samples)))
     else:
-      raise SystemExit(f"--methods: unknown method {method!r}; choose from"
-                       f" {lv.METHODS}.")
+      runs.append((method, method, {}))
   return runs
 
 
 def run_one(corpus, label: str, method: str, options: dict,
-            args: argparse.Namespace) -> dict[str, Any]:
+            config: Config) -> dict[str, Any]:
   k = corpus.num_classes
   if method == "class_based":
     options = dict(options, num_clusters=(
-        auto_num_clusters(corpus.counts) if args.num_clusters == "auto"
-        else int(args.num_clusters)))
+        auto_num_clusters(corpus.counts) if config.num_clusters == "auto"
+        else int(config.num_clusters)))
   # The same seeds for every run: identical context models and data order.
-  model = lv.ContextModel(k, corpus.x_train.shape[1], args.embed_dim,
-                          args.hidden_dim, rngs=nnx.Rngs(args.seed))
-  head = lv.LargeSoftmaxHead(args.hidden_dim, k, method=method,
+  model = lv.ContextModel(k, corpus.x_train.shape[1], config.embed_dim,
+                          config.hidden_dim, rngs=nnx.Rngs(config.seed))
+  head = lv.LargeSoftmaxHead(config.hidden_dim, k, method=method,
                              counts=corpus.counts,
-                             rngs=nnx.Rngs(args.seed + 1), **options)
+                             rngs=nnx.Rngs(config.seed + 1), **options)
   history = lv.train(
-      (model, head), corpus, key=jax.random.key(args.seed),
-      budget_seconds=args.budget_seconds, batch_size=args.batch_size,
-      optimizer=(None if args.learning_rate is None
-                 else make_optimizer("adam", args.learning_rate)),
-      num_checkpoints=args.checkpoints, eval_examples=args.eval_examples)
+      (model, head), corpus, key=jax.random.key(config.seed),
+      budget_seconds=config.budget_seconds, batch_size=config.batch_size,
+      optimizer=(None if config.learning_rate is None
+                 else make_optimizer("adam", config.learning_rate)),
+      num_checkpoints=config.checkpoints, eval_examples=config.eval_examples)
   return {
       "K": k,
       "method": label,
@@ -191,75 +263,68 @@ def plot(rows: list[dict], path) -> None:
   plt.close(fig)
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--ks", default="10000,50000,full",
-                      help="vocabulary sizes; 'full' = every training word")
-  parser.add_argument("--methods", default=",".join(lv.METHODS))
-  parser.add_argument("--samplers", default=",".join(lv.SAMPLERS))
-  parser.add_argument("--num-samples", default="64,512,2048",
-                      help="sampled-softmax candidate counts m")
-  parser.add_argument("--contrastive-samples", type=int, default=512,
-                      help="noise samples for NCE and negative sampling")
-  parser.add_argument("--budget-seconds", type=float, default=10.0,
-                      help="training time per run (compile and eval excluded)")
-  parser.add_argument("--batch-size", type=int, default=None,
-                      help="rows per step (default: each method's, see"
-                      " large_vocab.TRAIN_DEFAULTS)")
-  parser.add_argument("--context", type=int, default=4)
-  parser.add_argument("--embed-dim", type=int, default=64)
-  parser.add_argument("--hidden-dim", type=int, default=128)
-  parser.add_argument("--learning-rate", type=float, default=None,
-                      help="Adam's (default: each method's)")
-  parser.add_argument("--num-clusters", default="auto",
-                      help="class-based clusters C, or 'auto'")
-  parser.add_argument("--eval-examples", type=int, default=4096)
-  parser.add_argument("--checkpoints", type=int, default=4)
-  parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--quick", action="store_true",
-                      help="tiny K and budget, one sampled configuration")
-  args = parser.parse_args()
-  max_tokens = None
-  if args.quick:
-    args.ks, args.samplers, args.num_samples = "300", "log_uniform", "64"
-    args.contrastive_samples, args.budget_seconds = 64, 0.3
-    args.eval_examples, args.checkpoints, args.batch_size = 256, 2, 64
-    max_tokens = 100_000
+def run(config: Config, workdir: Path | None = None,
+        progress: Callable[[dict[str, Any]], None] | None = None
+        ) -> dict[str, Any]:
+  """One row per (K, head): steps, step time, perplexity, memory, curve.
 
+  ``progress`` sees each row as it is measured; the figure goes to
+  ``workdir``.
+
+  Raises:
+    FileNotFoundError: the corpus is not cached (``make data-text``).
+  """
   t0 = time.perf_counter()
   rows = []
-  for vocab_size in parse_ks(args.ks):
-    try:
-      corpus = load_text_corpus(vocab_size=vocab_size, context=args.context,
-                                max_tokens=max_tokens)
-    except FileNotFoundError as e:
-      raise SystemExit(f"error: {e}") from None
-    for label, method, options in configurations(args):
-      row = run_one(corpus, label, method, options, args)
-      rows.append(row)
-      print(f"K={row['K']:>7,}  {label:28s} steps {row['steps']:5d}"
-            f"  {row['step ms']:8.1f} ms/step  ppl {row['ppl']:10.1f}"
-            f"  temp {row['temp MiB']:8.1f} MiB", flush=True)
-  runtime = time.perf_counter() - t0
-
-  columns = ["K", "method", "steps", "step ms", "ppl start", "ppl",
-             "temp MiB"]
-  print()
-  print(f"Held-out exact perplexity after {args.budget_seconds:g} s of"
-        f" training (batch {args.batch_size or 'per method'}, Adam"
-        f" {args.learning_rate or 'per method'},"
-        f" {args.eval_examples} test rows):")
-  print(reporting.format_table(rows, columns))
-  reporting.RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-  png = reporting.RESULTS_DIR / "large_vocab.png"
-  plot(rows, png)
-  path = reporting.save_results("large_vocab", {
-      "quick": args.quick,
-      "config": {k: v for k, v in vars(args).items()},
-      "runtime_seconds": runtime,
+  for k in config.ks:
+    corpus = load_text_corpus(vocab_size=None if k == "full" else int(k),
+                              context=config.context,
+                              max_tokens=config.max_tokens)
+    for label, method, options in configurations(config):
+      rows.append(run_one(corpus, label, method, options, config))
+      if progress is not None:
+        progress(rows[-1])
+  results = {
+      "quick": config.quick_mode,
+      "config": dataclasses.asdict(config),
+      "runtime_seconds": time.perf_counter() - t0,
       "rows": rows,
-  })
-  print(f"\nwrote {path} and {png} in {runtime:.0f} s")
+  }
+  if workdir is not None:
+    Path(workdir).mkdir(parents=True, exist_ok=True)
+    results["figure"] = str(Path(workdir) / "large_vocab.png")
+    plot(rows, results["figure"])
+  return results
+
+
+def print_row(row: dict[str, Any]) -> None:
+  print(f"K={row['K']:>7,}  {row['method']:28s} steps {row['steps']:5d}"
+        f"  {row['step ms']:8.1f} ms/step  ppl {row['ppl']:10.1f}"
+        f"  temp {row['temp MiB']:8.1f} MiB", flush=True)
+
+
+def report(results: dict[str, Any]) -> None:
+  """Prints the perplexity table."""
+  config = results["config"]
+  print()
+  print(f"Held-out exact perplexity after {config['budget_seconds']:g} s of"
+        f" training (batch {config['batch_size'] or 'per method'}, Adam"
+        f" {config['learning_rate'] or 'per method'},"
+        f" {config['eval_examples']} test rows):")
+  print(reporting.format_table(results["rows"], [
+      "K", "method", "steps", "step ms", "ppl start", "ppl", "temp MiB"]))
+
+
+def main(argv: list[str] | None = None) -> None:
+  config = _cli.parse(Config, argv, description=__doc__.splitlines()[0])
+  try:
+    results = run(config, reporting.RESULTS_DIR, progress=print_row)
+  except FileNotFoundError as e:
+    raise SystemExit(f"error: {e}") from None
+  report(results)
+  path = reporting.save_results("large_vocab", results)
+  print(f"\nwrote {path} and {results['figure']} in"
+        f" {results['runtime_seconds']:.0f} s")
 
 
 if __name__ == "__main__":

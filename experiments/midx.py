@@ -2,7 +2,7 @@ r"""MIDX vs static proposals for sampled softmax on the real large vocabulary.
 
 Command: ``python experiments/midx.py`` (``--quick``: a tiny vocabulary and
 budget, a smoke test; the corpus must be fetched once with ``make
-data-text``).
+data-text``; every ``Config`` field is a flag).
 
 Next-word prediction on GCIDE (:func:`jaxsoftmax.data.load_text_corpus`) at
 K = 50,000 and the full vocabulary, the context model of
@@ -49,11 +49,19 @@ step costs 2x a shared one (64 vs 32 ms); its KL is 1.41x below unigram's,
 short of the 2x target, and stays ~1.5x at K_c = 256 on a model trained
 for 60 s: two-level product quantization leaves most of the residual
 score x . r_i, and these models' softmax is still close to the unigram.
+
+References:
+  "Adaptive sampled softmax with inverted multi-index: methods, theory and
+  applications", arXiv preprint (January 2025), MIDX and the 2x KL target;
+  Y. Bengio, J.-S. Senecal, "Adaptive importance sampling to accelerate
+  training of a neural probabilistic language model", IEEE Trans. Neural
+  Networks 19(4) (2008), sampled softmax with a proposal.
 """
 
 from __future__ import annotations
 
-import argparse
+from collections.abc import Callable
+import dataclasses
 import math
 import os
 import time
@@ -71,6 +79,8 @@ from jaxsoftmax import samplers
 from jaxsoftmax._optim import make_optimizer
 from jaxsoftmax.data import load_text_corpus
 
+import _cli
+
 SAMPLERS = ("uniform", "unigram", "midx_uniform", "midx_pop", "midx_exact")
 # Not run by default: on CPU the cheaper step does not make up for the
 # broader mixture proposal (60 s at K = 50k: perplexity 657 and 527 against
@@ -80,9 +90,62 @@ CODEWORDS = 32
 GRADIENT_REPEATS = 16
 
 
-def parse_ks(text: str) -> list[int | None]:
-  """``"50000,full"`` -> ``[50000, None]``."""
-  return [None if k == "full" else int(k) for k in text.split(",")]
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """The vocabularies, the proposals, and the shared training budget."""
+
+  ks: tuple[str, ...] = dataclasses.field(
+      default=("50000", "full"),
+      metadata={"help": "vocabulary sizes; 'full' = every training word"})
+  samplers: tuple[str, ...] = SAMPLERS
+  num_samples: int = 128
+  budget_seconds: float = 30.0
+  refresh_every: int = 50
+  batch_size: int = 256
+  context: int = 4
+  embed_dim: int = 64
+  hidden_dim: int = 128
+  learning_rate: float = 5e-3
+  eval_examples: int = 2048
+  checkpoints: int = 3
+  probe: int = dataclasses.field(
+      default=256, metadata={"help": "held-out contexts for the KL and ESS"})
+  gradient_rows: int = 64
+  same_model_codewords: tuple[int, ...] = dataclasses.field(
+      default=(32, 64),
+      metadata={"help": "MIDX codebook sizes K_c compared on the best model"})
+  max_tokens: int | None = dataclasses.field(
+      default=None, metadata={"help": "corpus tokens read (None: all)"})
+  seed: int = 0
+  quick_mode: bool = False
+
+  def __post_init__(self):
+    unknown = sorted(set(self.samplers) - set(SAMPLERS + SHARED))
+    if unknown or not self.samplers:
+      raise ValueError(f"samplers: unknown {unknown}; choose from"
+                       f" {SAMPLERS + SHARED}")
+    if any(k != "full" and not (k.isdigit() and int(k) > 1) for k in self.ks):
+      raise ValueError(f"ks must be vocabulary sizes > 1 or 'full', got"
+                       f" {self.ks}")
+    if not self.budget_seconds > 0 or not self.learning_rate > 0:
+      raise ValueError("budget_seconds and learning_rate must be positive,"
+                       f" got {self.budget_seconds} and {self.learning_rate}")
+    for name in ("num_samples", "refresh_every", "batch_size", "context",
+                 "embed_dim", "hidden_dim", "eval_examples", "checkpoints",
+                 "probe", "gradient_rows", "same_model_codewords",
+                 "max_tokens"):
+      value = getattr(self, name)
+      if value is not None and min(value if isinstance(value, tuple)
+                                   else (value,), default=0) < 1:
+        raise ValueError(f"{name} must be positive, got {value}")
+
+  def quick(self) -> Config:
+    """A tiny vocabulary and budget: the smoke test."""
+    return dataclasses.replace(
+        self, ks=("300",), budget_seconds=0.5, refresh_every=5,
+        eval_examples=256, checkpoints=1, batch_size=64, num_samples=32,
+        probe=64, gradient_rows=16, same_model_codewords=(CODEWORDS,),
+        max_tokens=100_000, quick_mode=True)
 
 
 def probe_rows(corpus, n: int):
@@ -110,19 +173,19 @@ def proposal(head: lv.LargeSoftmaxHead, name: str, counts, key,
                        b=b, key=key)
 
 
-def measure(model, head, name, corpus, args, key,
+def measure(model, head, name, corpus, config: Config, key,
             codewords: int = CODEWORDS) -> dict[str, Any]:
   """KL both ways, ESS and gradient bias of ``name``'s proposal on a model."""
-  ids, labels = probe_rows(corpus, args.probe)
+  ids, labels = probe_rows(corpus, config.probe)
   x = model(ids)
   sampler = proposal(head, name, corpus.counts, key, codewords)
   w, b = head.w[...].T, head.b[...]  # the head is class-major
   div = diagnostics.proposal_divergence(sampler, x, w, b)
   ess = diagnostics.importance_ess(sampler, x, w, b)
-  rows = slice(0, args.gradient_rows)
+  rows = slice(0, config.gradient_rows)
   bias = diagnostics.gradient_bias(
       key, sampler, x[rows], w, b, labels[rows],
-      num_samples=args.num_samples, num_repeats=GRADIENT_REPEATS)
+      num_samples=config.num_samples, num_repeats=GRADIENT_REPEATS)
   return {
       "kl_qp": float(jnp.mean(div.kl_qp)),
       "kl_pq": float(jnp.mean(div.kl_pq)),
@@ -133,9 +196,9 @@ def measure(model, head, name, corpus, args, key,
   }
 
 
-def same_model_proposals(codewords: str) -> list[tuple[str, int | None]]:
+def same_model_proposals(
+    sizes: tuple[int, ...]) -> list[tuple[str, int | None]]:
   """Every static proposal, and each MIDX mode at each codebook size."""
-  sizes = [int(c) for c in codewords.split(",")]
   return ([("uniform", None), ("unigram", None)]
           + [(f"midx_{mode}", c) for mode in ("uniform", "pop") for c in sizes]
           + [("midx_exact", CODEWORDS)])
@@ -155,29 +218,29 @@ def sampling_seconds(sampler, x, num_samples, repeats=5) -> float:
   return reporting.median(times["draw"]) / x.shape[0]
 
 
-def run_one(corpus, name: str, args) -> tuple[dict[str, Any], Any, Any]:
+def run_one(corpus, name: str, config: Config) -> tuple[dict[str, Any], Any, Any]:
   k = corpus.num_classes
-  model = lv.ContextModel(k, corpus.x_train.shape[1], args.embed_dim,
-                          args.hidden_dim, rngs=nnx.Rngs(args.seed))
+  model = lv.ContextModel(k, corpus.x_train.shape[1], config.embed_dim,
+                          config.hidden_dim, rngs=nnx.Rngs(config.seed))
   t0 = time.perf_counter()
   head = lv.LargeSoftmaxHead(
-      args.hidden_dim, k, method="sampled",
+      config.hidden_dim, k, method="sampled",
       sampler=name.removesuffix("_shared"),
       shared=True if name.endswith("_shared") else None,
-      num_samples=args.num_samples, counts=corpus.counts,
-      num_codewords=min(CODEWORDS, k), refresh_every=args.refresh_every,
-      rngs=nnx.Rngs(args.seed + 1))
+      num_samples=config.num_samples, counts=corpus.counts,
+      num_codewords=min(CODEWORDS, k), refresh_every=config.refresh_every,
+      rngs=nnx.Rngs(config.seed + 1))
   build = time.perf_counter() - t0
-  key = jax.random.key(args.seed + 2)
-  start = measure(model, head, name, corpus, args, key)
+  key = jax.random.key(config.seed + 2)
+  start = measure(model, head, name, corpus, config, key)
   history = lv.train(
-      (model, head), corpus, key=jax.random.key(args.seed),
-      budget_seconds=args.budget_seconds, batch_size=args.batch_size,
-      optimizer=make_optimizer("adam", args.learning_rate),
-      num_checkpoints=args.checkpoints, eval_examples=args.eval_examples)
-  end = measure(model, head, name, corpus, args, key)
-  x = model(probe_rows(corpus, args.batch_size)[0])
-  per_query = sampling_seconds(head.sampler, x, args.num_samples)
+      (model, head), corpus, key=jax.random.key(config.seed),
+      budget_seconds=config.budget_seconds, batch_size=config.batch_size,
+      optimizer=make_optimizer("adam", config.learning_rate),
+      num_checkpoints=config.checkpoints, eval_examples=config.eval_examples)
+  end = measure(model, head, name, corpus, config, key)
+  x = model(probe_rows(corpus, config.batch_size)[0])
+  per_query = sampling_seconds(head.sampler, x, config.num_samples)
   row = {
       "K": k, "sampler": name, "steps": history.steps[-1],
       "step ms": 1e3 * history.median_step_seconds,
@@ -195,87 +258,54 @@ def run_one(corpus, name: str, args) -> tuple[dict[str, Any], Any, Any]:
   return row, model, head
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--ks", default="50000,full")
-  parser.add_argument("--samplers", default=",".join(SAMPLERS))
-  parser.add_argument("--num-samples", type=int, default=128)
-  parser.add_argument("--budget-seconds", type=float, default=30.0)
-  parser.add_argument("--refresh-every", type=int, default=50)
-  parser.add_argument("--batch-size", type=int, default=256)
-  parser.add_argument("--context", type=int, default=4)
-  parser.add_argument("--embed-dim", type=int, default=64)
-  parser.add_argument("--hidden-dim", type=int, default=128)
-  parser.add_argument("--learning-rate", type=float, default=5e-3)
-  parser.add_argument("--eval-examples", type=int, default=2048)
-  parser.add_argument("--checkpoints", type=int, default=3)
-  parser.add_argument("--probe", type=int, default=256,
-                      help="held-out contexts for the KL and ESS")
-  parser.add_argument("--gradient-rows", type=int, default=64)
-  parser.add_argument("--same-model-codewords", default="32,64",
-                      help="MIDX codebook sizes K_c compared on the best"
-                      " model")
-  parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--quick", action="store_true")
-  args = parser.parse_args()
-  max_tokens = None
-  if args.quick:
-    args.ks, args.budget_seconds, args.refresh_every = "300", 0.5, 5
-    args.eval_examples, args.checkpoints, args.batch_size = 256, 1, 64
-    args.num_samples, args.probe, args.gradient_rows = 32, 64, 16
-    args.same_model_codewords = str(CODEWORDS)
-    max_tokens = 100_000
-  names = args.samplers.split(",")
-  unknown = sorted(set(names) - set(SAMPLERS + SHARED))
-  if unknown:
-    raise SystemExit(f"--samplers: unknown {unknown}; choose from"
-                     f" {SAMPLERS + SHARED}.")
+def run(config: Config,
+        progress: Callable[[str, dict[str, Any]], None] | None = None
+        ) -> dict[str, Any]:
+  """Each proposal's training run, all of them on the best model, targets.
 
+  ``progress`` sees ("run", row) and ("same model", row) as they come.
+
+  Raises:
+    FileNotFoundError: the corpus is not cached (``make data-text``).
+  """
   load_before = os.getloadavg()
   t0 = time.perf_counter()
   rows, same_model = [], []
-  for vocab_size in parse_ks(args.ks):
-    try:
-      corpus = load_text_corpus(vocab_size=vocab_size, context=args.context,
-                                max_tokens=max_tokens)
-    except FileNotFoundError as e:
-      raise SystemExit(f"error: {e}") from None
+  for k in config.ks:
+    corpus = load_text_corpus(vocab_size=None if k == "full" else int(k),
+                              context=config.context,
+                              max_tokens=config.max_tokens)
     reference = None
-    for name in names:
-      row, model, head = run_one(corpus, name, args)
+    for name in config.samplers:
+      row, model, head = run_one(corpus, name, config)
       rows.append(row)
       # The best-trained model: a barely trained one is near uniform, where
       # every proposal looks good.
       if reference is None or row["ppl"] < reference[0]:
         reference = (row["ppl"], name, model, head)
-      print(f"K={row['K']:>7,}  {name:13s} steps {row['steps']:5d}"
-            f"  ppl {row['ppl']:9.1f}  KL(q||p) {row['KL(q||p)']:.3f}"
-            f"  {row['us/query']:8.1f} us/query", flush=True)
+      if progress is not None:
+        progress("run", row)
     _, reference_name, model, head = reference
-    for name, codewords in same_model_proposals(args.same_model_codewords):
+    for name, codewords in same_model_proposals(config.same_model_codewords):
       same_model.append({
           "K": corpus.num_classes, "sampler": name, "codewords": codewords,
           "model": reference_name, **measure(
-              model, head, name, corpus, args,
-              jax.random.key(args.seed + 3), codewords)})
-      print(f"  same model: {name:13s} K_c {codewords or '-':>3}  KL(q||p)"
-            f" {same_model[-1]['kl_qp']:.3f}", flush=True)
-  runtime = time.perf_counter() - t0
+              model, head, name, corpus, config,
+              jax.random.key(config.seed + 3), codewords)})
+      if progress is not None:
+        progress("same model", same_model[-1])
+  return {
+      "config": {**dataclasses.asdict(config),
+                 "load_average_before": load_before,
+                 "load_average_after": os.getloadavg()},
+      "runtime_seconds": time.perf_counter() - t0, "rows": rows,
+      "same_model": same_model, "targets": targets(rows, same_model),
+  }
 
-  print(f"\nAfter {args.budget_seconds:g} s of training (m = "
-        f"{args.num_samples}, batch {args.batch_size}, Adam"
-        f" {args.learning_rate:g}); KL, ESS and gradient bias on each run's"
-        f" own model at the end ({args.probe} held-out contexts):")
-  print(reporting.format_table(rows, [
-      "K", "sampler", "steps", "step ms", "ppl start", "ppl",
-      "KL(q||p) start", "KL(q||p)", "KL(p||q)", "ESS frac", "grad bias",
-      "bias noise", "us/query", "build s", "refreshes"]))
-  print("\nEvery proposal on the same trained model (the run with the lowest"
-        " perplexity at that K):")
-  print(reporting.format_table(same_model, [
-      "K", "model", "sampler", "codewords", "kl_qp", "kl_pq", "ess_fraction", "grad_bias",
-      "grad_bias_noise"]))
-  targets = []
+
+def targets(rows, same_model) -> list[dict[str, Any]]:
+  """MIDX against each static proposal: KL ratio (target 2) and perplexity."""
+  out = []
   for k in sorted({r["K"] for r in same_model}):
     # The KL target at the trained K_c (the proposal the runs used).
     kl = {r["sampler"]: r["kl_qp"] for r in same_model
@@ -293,21 +323,56 @@ def main() -> None:
           target.update({"ppl": ppl[name], "ppl vs": ppl[static],
                          "ppl met": ppl[name] < ppl[static]})
         if len(target) > 3:
-          targets.append(target)
-  if targets:
+          out.append(target)
+  return out
+
+
+def print_progress(kind: str, row: dict[str, Any]) -> None:
+  if kind == "run":
+    print(f"K={row['K']:>7,}  {row['sampler']:13s} steps {row['steps']:5d}"
+          f"  ppl {row['ppl']:9.1f}  KL(q||p) {row['KL(q||p)']:.3f}"
+          f"  {row['us/query']:8.1f} us/query", flush=True)
+  else:
+    print(f"  same model: {row['sampler']:13s} K_c"
+          f" {row['codewords'] or '-':>3}  KL(q||p) {row['kl_qp']:.3f}",
+          flush=True)
+
+
+def report(results: dict[str, Any]) -> None:
+  """Prints the runs, the same-model comparison and the targets."""
+  config = results["config"]
+  print(f"\nAfter {config['budget_seconds']:g} s of training (m = "
+        f"{config['num_samples']}, batch {config['batch_size']}, Adam"
+        f" {config['learning_rate']:g}); KL, ESS and gradient bias on each"
+        f" run's own model at the end ({config['probe']} held-out contexts):")
+  print(reporting.format_table(results["rows"], [
+      "K", "sampler", "steps", "step ms", "ppl start", "ppl",
+      "KL(q||p) start", "KL(q||p)", "KL(p||q)", "ESS frac", "grad bias",
+      "bias noise", "us/query", "build s", "refreshes"]))
+  print("\nEvery proposal on the same trained model (the run with the lowest"
+        " perplexity at that K):")
+  print(reporting.format_table(results["same_model"], [
+      "K", "model", "sampler", "codewords", "kl_qp", "kl_pq", "ess_fraction",
+      "grad_bias", "grad_bias_noise"]))
+  if results["targets"]:
     print("\nTargets:")
-    print(reporting.format_table(targets, [
+    print(reporting.format_table(results["targets"], [
         "K", "sampler", "vs", "KL ratio", "KL met (>= 2)", "ppl", "ppl vs",
         "ppl met"]))
-  load_after = os.getloadavg()
-  print(f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after;"
-        f" {runtime:.0f} s")
-  path = reporting.save_results("midx_quick" if args.quick else "midx", {
-      "config": {**vars(args), "load_average_before": load_before,
-                 "load_average_after": load_after},
-      "runtime_seconds": runtime, "rows": rows, "same_model": same_model,
-      "targets": targets,
-  })
+  print(f"load average {config['load_average_before'][0]:.2f} before,"
+        f" {config['load_average_after'][0]:.2f} after;"
+        f" {results['runtime_seconds']:.0f} s")
+
+
+def main(argv: list[str] | None = None) -> None:
+  config = _cli.parse(Config, argv, description=__doc__.splitlines()[0])
+  try:
+    results = run(config, progress=print_progress)
+  except FileNotFoundError as e:
+    raise SystemExit(f"error: {e}") from None
+  report(results)
+  path = reporting.save_results(
+      "midx_quick" if config.quick_mode else "midx", results)
   print(f"wrote {path}")
 
 

@@ -1,7 +1,8 @@
 r"""Softmax regression on real MNIST with ``jaxsoftmax.fit``: the lecture claim.
 
 Command: ``make demo`` (or ``python experiments/mnist.py``; ``--model mlp`` for
-a one-hidden-layer MLP, ``--quick`` for a 1-epoch smoke run on a subset).
+a one-hidden-layer MLP, ``--quick`` for a 1-epoch smoke run on a subset;
+every ``Config`` field is a flag).
 Expected: test error 7.3% (the lecture: "less than 8% error ... runs in a
 couple seconds"; 7.1-7.3% over seeds 0-2) after 2 epochs; training, XLA
 compilation included, takes about 5 s of CPU time, of which about 1.4 s once
@@ -42,13 +43,21 @@ Outputs: a table, ``results/mnist.json`` (``mnist_mlp.json``,
 ``mnist_confusion.png`` and ``mnist_weights.png`` (the ten columns of
 :math:`\Theta` as 28x28 templates; softmax regression only), with the same
 prefix as the JSON.
+
+References:
+  E. Kim, "ML refresher / softmax regression", Data 188 lecture 2 (2026), the
+  claim; Y. LeCun, L. Bottou, Y. Bengio, P. Haffner, "Gradient-based learning
+  applied to document recognition", Proc. IEEE 86(11) (1998), the data;
+  C. Guo, G. Pleiss, Y. Sun, K. Q. Weinberger, "On calibration of modern
+  neural networks", ICML (2017), temperature scaling.
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -60,12 +69,14 @@ from jaxsoftmax import metrics
 from jaxsoftmax import plots
 from jaxsoftmax import reporting
 
+import _cli
+
 NUM_CLASSES = 10
 IMAGE_SHAPE = (28, 28)
 VALIDATION_SIZE = 5000
 
-# The defaults reach the targets in the docstring; every one can be
-# overridden on the command line.
+# Each model's defaults reach the targets in the docstring; a Config field
+# left None takes its model's value.
 DEFAULTS = {
     "linear": {
         "optimizer": "adam",
@@ -86,8 +97,8 @@ DEFAULTS = {
         "standardize": True,
     },
 }
-# --quick: a subset small enough that the smoke test spends its time on
-# compilation, not on training.
+# Config.quick(): a subset small enough that the smoke test spends its time
+# on compilation, not on training.
 QUICK_SIZES = {"train": 2000, "validation": 500, "test": 1000}
 MODELS = {
     "linear": (
@@ -96,41 +107,51 @@ MODELS = {
 }
 
 
-def parse_args() -> argparse.Namespace:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--model", choices=tuple(MODELS), default="linear")
-  parser.add_argument("--optimizer", help="a make_optimizer name, e.g. adam")
-  parser.add_argument("--learning-rate", type=float)
-  parser.add_argument("--epochs", type=int)
-  parser.add_argument("--batch-size", type=int)
-  parser.add_argument("--l2", type=float)
-  parser.add_argument("--hidden", type=int, help="MLP hidden width")
-  parser.add_argument(
-      "--standardize", action=argparse.BooleanOptionalAction,
-      help="standardize pixels with the training mean and std",
-  )
-  parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument(
-      "--quick", action="store_true",
-      help="1 epoch on 2000 / 500 / 1000 train / validation / test images",
-  )
-  args = parser.parse_args()
-  for name, value in DEFAULTS[args.model].items():
-    if getattr(args, name) is None:
-      setattr(args, name, value)
-  if args.quick:
-    args.epochs = 1
-  return args
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """The model and its training; None means the model's ``DEFAULTS``."""
+
+  model: str = "linear"
+  optimizer: str | None = None  # a make_optimizer name, e.g. adam
+  learning_rate: float | None = None
+  epochs: int | None = None
+  batch_size: int | None = None
+  l2: float | None = None
+  hidden: int | None = None  # the MLP's hidden width
+  standardize: bool | None = None  # with the training mean and std
+  seed: int = 0
+  quick_mode: bool = False
+
+  def __post_init__(self):
+    if self.model not in MODELS:
+      raise ValueError(f"model must be one of {tuple(MODELS)}, got"
+                       f" {self.model!r}")
+    for name in ("epochs", "batch_size", "hidden"):
+      value = getattr(self, name)
+      if value is not None and value < 1:
+        raise ValueError(f"{name} must be at least 1, got {value}")
+    if self.learning_rate is not None and not self.learning_rate > 0:
+      raise ValueError(
+          f"learning_rate must be positive, got {self.learning_rate}")
+    if self.l2 is not None and self.l2 < 0:
+      raise ValueError(f"l2 must be non-negative, got {self.l2}")
+
+  def quick(self) -> Config:
+    """1 epoch on 2000 / 500 / 1000 train / validation / test images."""
+    return dataclasses.replace(self, epochs=1, quick_mode=True)
+
+  def resolved(self) -> Config:
+    """This config with every None field set to its model's default."""
+    return dataclasses.replace(self, **{
+        k: v for k, v in DEFAULTS[self.model].items()
+        if getattr(self, k) is None})
 
 
 def load_splits(
     quick: bool, standardize: bool
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
   """MNIST train, validation and test splits; standardized on request."""
-  try:
-    data = js.data.load_mnist()
-  except FileNotFoundError as e:
-    raise SystemExit(f"error: {e}") from None
+  data = js.data.load_mnist()
   n = len(data.y_train) - VALIDATION_SIZE
   splits = {
       "train": (data.x_train[:n], data.y_train[:n]),
@@ -153,39 +174,34 @@ def timed(fn, *args, **kwargs) -> tuple[Any, float, float]:
   return out, time.perf_counter() - wall, time.process_time() - cpu
 
 
-def main() -> None:
-  args = parse_args()
-  start, start_cpu = time.perf_counter(), time.process_time()
-  load_start = os.getloadavg()
-  name = "mnist" + ("_mlp" if args.model == "mlp" else "") + (
-      "_quick" if args.quick else "")
-  splits = load_splits(args.quick, args.standardize)
-  (x_train, y_train), (x_val, y_val), (x_test, y_test) = splits.values()
-  title, loss_fn, logits_fn = MODELS[args.model]
-  num_features = x_train.shape[1]
-  layer_sizes = [num_features, *([args.hidden] if args.model == "mlp" else []),
-                 NUM_CLASSES]
-  print(
-      f"MNIST: {len(y_train)} train / {len(y_val)} validation /"
-      f" {len(y_test)} test images; {title} {layer_sizes}"
-  )
+def train_twice(config: Config, splits):
+  """Fits twice from the same key: (params, history, timings, identical).
 
-  init_key, fit_key = jax.random.split(jax.random.key(args.seed))
-  if args.model == "mlp":
+  The first fit's wall time includes compilation, the second's does not.
+  """
+  (x_train, y_train), _, (x_test, y_test) = splits.values()
+  _, loss_fn, logits_fn = MODELS[config.model]
+  num_features = x_train.shape[1]
+  layer_sizes = [num_features,
+                 *([config.hidden] if config.model == "mlp" else []),
+                 NUM_CLASSES]
+  init_key, fit_key = jax.random.split(jax.random.key(config.seed))
+  if config.model == "mlp":
     init_params = js.mlp_init(init_key, layer_sizes)
   else:
     init_params = js.linear_init(init_key, num_features, NUM_CLASSES)
-  steps = args.epochs * (len(y_train) // args.batch_size)
+  steps = config.epochs * (len(y_train) // config.batch_size)
   optimizer = js.make_optimizer(
-      args.optimizer, args.learning_rate, schedule="cosine", total_steps=steps
+      config.optimizer, config.learning_rate, schedule="cosine",
+      total_steps=steps
   )
 
   def train():
     return js.fit(
         loss_fn, init_params, (x_train, y_train), optimizer=optimizer,
-        epochs=args.epochs, batch_size=args.batch_size, key=fit_key,
+        epochs=config.epochs, batch_size=config.batch_size, key=fit_key,
         eval_data=(x_test, y_test), logits_fn=logits_fn,
-        loss_kwargs={"l2": args.l2},
+        loss_kwargs={"l2": config.l2},
         # One chunk per set: evaluation then compiles a single block.
         eval_chunk_size=max(len(y_train), len(y_test)),
     )
@@ -194,16 +210,18 @@ def main() -> None:
   (again, _), rerun_seconds, rerun_cpu = timed(train)
   same = all(jax.tree.leaves(jax.tree.map(
       lambda a, b: bool(jnp.array_equal(a, b)), params, again)))
-  print(reporting.format_table(
-      [{"epoch": e, "train loss": l, "train acc": a, "test acc": t,
-        "seconds": s}
-       for e, l, a, t, s in zip(history.epoch, history.loss,
-                                history.train_accuracy,
-                                history.test_accuracy, history.seconds)],
-      ["epoch", "train loss", "train acc", "test acc", "seconds"],
-  ))
+  timings = {
+      "train_seconds": train_seconds,
+      "train_seconds_excluding_compile": rerun_seconds,
+      "train_cpu_seconds": train_cpu,
+      "train_cpu_seconds_excluding_compile": rerun_cpu,
+  }
+  return params, history, layer_sizes, timings, same
 
-  # Calibration: the temperature is fitted on the validation split only.
+
+def calibrate(logits_fn, params, splits) -> tuple[float, dict[str, Any]]:
+  """The temperature fitted on validation; test ECE, ACE and NLL at 1 and T."""
+  _, (x_val, y_val), (x_test, y_test) = splits.values()
   val_logits = logits_fn(params, x_val)
   test_logits = logits_fn(params, x_test)
   temperature = js.fit_temperature(val_logits, y_val)
@@ -218,51 +236,60 @@ def main() -> None:
         "diagram": metrics.reliability_diagram(probs, y_test),
         "label": f"T = {t:.3g}",
     }
-  test_accuracy = float(metrics.accuracy(test_logits, y_test))
-  predictions = js.predict(params, x_test, logits_fn=logits_fn)
-  confusion = metrics.confusion_matrix(y_test, predictions, NUM_CLASSES)
+  return temperature, calibration
 
+
+def write_figures(workdir: Path, name: str, config: Config, history,
+                  calibration, confusion, params) -> dict[str, str]:
+  """Curves, reliability, confusion and (linear) weight-template PNGs."""
+  title = MODELS[config.model][0]
   figures = {
       "curves": plots.plot_training_curves(
-          history, reporting.RESULTS_DIR / f"{name}_curves.png",
-          title=f"{title} on MNIST"),
+          history, workdir / f"{name}_curves.png", title=f"{title} on MNIST"),
       "reliability": plots.plot_reliability_diagram(
           {c["label"]: c["diagram"] for c in calibration.values()},
-          reporting.RESULTS_DIR / f"{name}_reliability.png",
+          workdir / f"{name}_reliability.png",
           title="test set, before / after temperature scaling"),
       "confusion": plots.plot_confusion_matrix(
-          confusion, reporting.RESULTS_DIR / f"{name}_confusion.png",
+          confusion, workdir / f"{name}_confusion.png",
           title=f"{title}: test confusion matrix"),
   }
-  if args.model == "linear":
+  if config.model == "linear":
     figures["weights"] = plots.plot_weight_templates(
-        params["w"], reporting.RESULTS_DIR / f"{name}_weights.png",
+        params["w"], workdir / f"{name}_weights.png",
         image_shape=IMAGE_SHAPE,
         title=r"columns of $\Theta$ (red: evidence for)")
+  return {k: str(p) for k, p in figures.items()}
 
-  test_error = 1.0 - test_accuracy
+
+def result_name(config: Config) -> str:
+  """``mnist[_mlp][_quick]``: the prefix of the JSON and the figures."""
+  return "mnist" + ("_mlp" if config.model == "mlp" else "") + (
+      "_quick" if config.quick_mode else "")
+
+
+def run(config: Config, workdir: Path | None = None) -> dict[str, Any]:
+  """Trains, calibrates and evaluates; the figures go to ``workdir``.
+
+  Raises:
+    FileNotFoundError: MNIST is not cached (``make data`` fetches it).
+  """
+  config = config.resolved()
+  start, start_cpu = time.perf_counter(), time.process_time()
+  load_start = os.getloadavg()
+  splits = load_splits(config.quick_mode, config.standardize)
+  (_, y_train), (_, y_val), (x_test, y_test) = splits.values()
+  title, _, logits_fn = MODELS[config.model]
+  params, history, layer_sizes, timings, same = train_twice(config, splits)
+  temperature, calibration = calibrate(logits_fn, params, splits)
+  test_accuracy = float(metrics.accuracy(logits_fn(params, x_test), y_test))
+  predictions = js.predict(params, x_test, logits_fn=logits_fn)
+  confusion = metrics.confusion_matrix(y_test, predictions, NUM_CLASSES)
   before, after = calibration["before"], calibration["after"]
-  rows = [
-      {"quantity": "test error", "value": f"{test_error:.2%}"},
-      {"quantity": "train seconds (wall, incl. compile)",
-       "value": train_seconds},
-      {"quantity": "train seconds (wall, excl. compile)",
-       "value": rerun_seconds},
-      {"quantity": "train seconds (CPU, incl. / excl. compile)",
-       "value": f"{train_cpu:.3g} / {rerun_cpu:.3g}"},
-      {"quantity": "temperature (fitted on validation)", "value": temperature},
-      {"quantity": "test ECE before / after",
-       "value": f"{before['ece']:.2%} / {after['ece']:.2%}"},
-      {"quantity": "test NLL before / after",
-       "value": f"{before['nll']:.4f} / {after['nll']:.4f}"},
-      {"quantity": "validation NLL before / after",
-       "value": f"{before['val_nll']:.4f} / {after['val_nll']:.4f}"},
-  ]
-  print(reporting.format_table(rows, ["quantity", "value"]))
-  if args.model == "linear":
+  if config.model == "linear":
     targets = {
-        "test_error_below_8_percent": test_error < 0.08,
-        "train_seconds_at_most_5": train_seconds <= 5.0,
+        "test_error_below_8_percent": 1.0 - test_accuracy < 0.08,
+        "train_seconds_at_most_5": timings["train_seconds"] <= 5.0,
     }
   else:
     targets = {
@@ -270,42 +297,22 @@ def main() -> None:
         "temperature_lowers_test_ece": after["ece"] < before["ece"],
         "temperature_does_not_raise_test_nll": after["nll"] <= before["nll"],
     }
-  for target, met in targets.items():
-    print(f"target {target}: {'met' if met else 'NOT met'}")
-  total_seconds = time.perf_counter() - start
-  total_cpu = time.process_time() - start_cpu
-  load_end = os.getloadavg()
-  print(
-      f"second fit gave identical params: {same}; whole script"
-      f" {total_seconds:.1f} s wall, {total_cpu:.1f} s CPU; load average"
-      f" (1 min) {load_start[0]:.2f} at"
-      f" start, {load_end[0]:.2f} at end on {os.cpu_count()} CPUs"
-  )
-
-  path = reporting.save_results(name, {
-      "test_error": test_error,
+  results = {
+      "test_error": 1.0 - test_accuracy,
       "test_accuracy": test_accuracy,
-      "train_seconds": train_seconds,
-      "train_seconds_excluding_compile": rerun_seconds,
-      "train_cpu_seconds": train_cpu,
-      "train_cpu_seconds_excluding_compile": rerun_cpu,
+      **timings,
       "rerun_identical": same,
       "temperature": temperature,
-      "ece_before": before["ece"],
-      "ece_after": after["ece"],
-      "ace_before": before["ace"],
-      "ace_after": after["ace"],
-      "nll_before": before["nll"],
-      "nll_after": after["nll"],
-      "val_nll_before": before["val_nll"],
-      "val_nll_after": after["val_nll"],
+      **{f"{q}_{when}": calibration[when][q]
+         for q in ("ece", "ace", "nll", "val_nll")
+         for when in ("before", "after")},
       "dataset": {
           "name": "MNIST",
           "train": len(y_train),
           "validation": len(y_val),
           "test": len(y_test),
           "preprocessing": "pixels / 255" + (
-              ", standardized with train statistics" if args.standardize
+              ", standardized with train statistics" if config.standardize
               else ""),
       },
       "model": {
@@ -313,16 +320,73 @@ def main() -> None:
           "layer_sizes": layer_sizes,
           "parameters": sum(a.size for a in jax.tree.leaves(params)),
       },
-      "config": vars(args),
+      "config": dataclasses.asdict(config),
       "history": history.to_dict(),
       "confusion_matrix": confusion,
       "targets": targets,
-      "load_average": {"start": load_start, "end": load_end},
-      "total_seconds": total_seconds,
-      "total_cpu_seconds": total_cpu,
-      "figures": {k: str(p) for k, p in figures.items()},
-  })
-  print(f"wrote {path} and {len(figures)} figures")
+      "load_average": {"start": load_start, "end": os.getloadavg()},
+      "total_seconds": time.perf_counter() - start,
+      "total_cpu_seconds": time.process_time() - start_cpu,
+  }
+  if workdir is not None:
+    results["figures"] = write_figures(
+        Path(workdir), result_name(config), config, history, calibration,
+        confusion, params)
+  return results
+
+
+def report(results: dict[str, Any]) -> None:
+  """Prints the per-epoch table, the summary and the targets."""
+  d, h = results["dataset"], results["history"]
+  print(f"MNIST: {d['train']} train / {d['validation']} validation /"
+        f" {d['test']} test images; {results['model']['name']}"
+        f" {results['model']['layer_sizes']}")
+  print(reporting.format_table(
+      [{"epoch": e, "train loss": l, "train acc": a, "test acc": t,
+        "seconds": s}
+       for e, l, a, t, s in zip(h["epoch"], h["loss"], h["train_accuracy"],
+                                h["test_accuracy"], h["seconds"])],
+      ["epoch", "train loss", "train acc", "test acc", "seconds"],
+  ))
+  r = results
+  rows = [
+      ("test error", f"{r['test_error']:.2%}"),
+      ("train seconds (wall, incl. compile)", r["train_seconds"]),
+      ("train seconds (wall, excl. compile)",
+       r["train_seconds_excluding_compile"]),
+      ("train seconds (CPU, incl. / excl. compile)",
+       f"{r['train_cpu_seconds']:.3g} /"
+       f" {r['train_cpu_seconds_excluding_compile']:.3g}"),
+      ("temperature (fitted on validation)", r["temperature"]),
+      ("test ECE before / after",
+       f"{r['ece_before']:.2%} / {r['ece_after']:.2%}"),
+      ("test NLL before / after",
+       f"{r['nll_before']:.4f} / {r['nll_after']:.4f}"),
+      ("validation NLL before / after",
+       f"{r['val_nll_before']:.4f} / {r['val_nll_after']:.4f}"),
+  ]
+  print(reporting.format_table(
+      [{"quantity": q, "value": v} for q, v in rows], ["quantity", "value"]))
+  for target, met in r["targets"].items():
+    print(f"target {target}: {'met' if met else 'NOT met'}")
+  load = r["load_average"]
+  print(
+      f"second fit gave identical params: {r['rerun_identical']}; whole"
+      f" script {r['total_seconds']:.1f} s wall, {r['total_cpu_seconds']:.1f}"
+      f" s CPU; load average (1 min) {load['start'][0]:.2f} at start,"
+      f" {load['end'][0]:.2f} at end on {os.cpu_count()} CPUs"
+  )
+
+
+def main(argv: list[str] | None = None) -> None:
+  config = _cli.parse(Config, argv, description=__doc__.splitlines()[0])
+  try:
+    results = run(config, reporting.RESULTS_DIR)
+  except FileNotFoundError as e:
+    raise SystemExit(f"error: {e}") from None
+  report(results)
+  path = reporting.save_results(result_name(config), results)
+  print(f"wrote {path} and {len(results['figures'])} figures")
 
 
 if __name__ == "__main__":

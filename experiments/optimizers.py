@@ -1,7 +1,8 @@
 r"""SGD, momentum, Adam, AdamW and L-BFGS on MNIST softmax regression.
 
 Command: ``python experiments/optimizers.py`` (``--quick``: scikit-learn's
-digits, a few epochs, seconds; a smoke test).
+digits, 3 epochs, 20 L-BFGS iterations, seconds; a smoke test; every
+``Config`` field is a flag).
 Expected: after 20 epochs the first-order methods end at objective
 0.233-0.242 (Adam lowest, AdamW highest: its decoupled decay does not
 minimize the L2 objective) and test accuracy 0.924-0.925; L-BFGS reaches
@@ -37,13 +38,21 @@ value-and-gradient (more when the line search tries several steps), so its
 "epochs" axis counts iterations. Results go to ``results/optimizers.json``
 and the figure (objective minus the best value seen, which is L-BFGS's last,
 against wall time and against epochs) to ``results/optimizers.png``.
+
+References:
+  D. P. Kingma, J. Ba, "Adam: a method for stochastic optimization", ICLR
+  (2015); I. Loshchilov, F. Hutter, "Decoupled weight decay regularization",
+  ICLR (2019); D. C. Liu, J. Nocedal, "On the limited memory BFGS method for
+  large scale optimization", Mathematical Programming 45 (1989).
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import os
 import time
+from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -52,6 +61,8 @@ import numpy as np
 import jaxsoftmax as js
 from jaxsoftmax import model_selection as ms
 from jaxsoftmax import reporting
+
+import _cli
 
 L2 = 1e-4
 BATCH_SIZE = 128
@@ -62,8 +73,34 @@ FIRST_ORDER = {
     "adam": {"learning_rate": 1e-3},
     "adamw": {"learning_rate": 1e-3, "weight_decay": L2},
 }
-LBFGS_ITERATIONS = (1, 2, 5, 10, 20, 35, 50, 75, 100, 150, 200)
-QUICK_LBFGS_ITERATIONS = (1, 5, 20)
+DATASETS = ("mnist", "digits")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """The data, the first-order epochs and L-BFGS's iteration budgets."""
+
+  dataset: str = "mnist"
+  epochs: int = 20
+  lbfgs_iterations: tuple[int, ...] = (
+      1, 2, 5, 10, 20, 35, 50, 75, 100, 150, 200)
+  quick_mode: bool = False
+
+  def __post_init__(self):
+    if self.dataset not in DATASETS:
+      raise ValueError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
+    if self.epochs < 1:
+      raise ValueError(f"epochs must be at least 1, got {self.epochs}")
+    if (not self.lbfgs_iterations or self.lbfgs_iterations[0] != 1
+        or list(self.lbfgs_iterations) != sorted(set(self.lbfgs_iterations))):
+      raise ValueError("lbfgs_iterations must increase strictly from 1 (the"
+                       " first solve times the compiled call), got"
+                       f" {self.lbfgs_iterations}")
+
+  def quick(self) -> Config:
+    """Digits, 3 epochs, 20 L-BFGS iterations: the smoke test."""
+    return dataclasses.replace(self, dataset="digits", epochs=3,
+                               lbfgs_iterations=(1, 5, 20), quick_mode=True)
 
 
 def objective(params, x, labels, l2):
@@ -81,9 +118,9 @@ def decoupled_value_and_grad(params, x, labels, *, l2):
   return loss + js.penalty(params, l2=l2), grads
 
 
-def load(quick: bool):
+def load(dataset: str):
   """Standardized train and test arrays, and the number of classes."""
-  data = js.data.load_digits() if quick else js.data.load_mnist()
+  data = js.data.load_digits() if dataset == "digits" else js.data.load_mnist()
   return (*map(jnp.asarray, data.standardized()), data.num_classes)
 
 
@@ -139,69 +176,60 @@ def run_lbfgs(params, x, y, iterations):
   return curve, solved, max(first - run_once, 0.0)
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--quick", action="store_true",
-                      help="digits, 3 epochs, 20 L-BFGS iterations")
-  parser.add_argument("--epochs", type=int, help="first-order epochs (20)")
-  args = parser.parse_args()
-  epochs = args.epochs or (3 if args.quick else 20)
-  iterations = QUICK_LBFGS_ITERATIONS if args.quick else LBFGS_ITERATIONS
-
+def run(config: Config, workdir: Path | None = None) -> dict[str, Any]:
+  """Every optimizer's curve and final row; the figure to ``workdir``."""
   load_before = os.getloadavg()
-  x, y, x_test, y_test, num_classes = load(args.quick)
-  print(
-      f"{'digits' if args.quick else 'MNIST'}: {x.shape[0]} train /"
-      f" {x_test.shape[0]} test, d = {x.shape[1]}, K = {num_classes};"
-      f" l2 = {L2:g}; load average {load_before[0]:.2f}"
-  )
+  x, y, x_test, y_test, num_classes = load(config.dataset)
   params = js.linear_init(jax.random.key(0), x.shape[1], num_classes)
   start = float(objective(params, x, y, L2))
+
+  def row(name, settings, budget, curve, trained, compile_s):
+    _, test_acc = ms.evaluate_linear(trained, x_test, y_test)
+    return {"optimizer": name, "settings": settings, "budget": budget,
+            "train objective": curve["objective"][-1],
+            "test accuracy": float(test_acc),
+            "seconds": curve["seconds"][-1], "compile s": compile_s}
 
   curves, rows = {}, []
   for name, options in FIRST_ORDER.items():
     curve, trained, compile_s = run_first_order(
-        name, options, params, x, y, epochs, jax.random.key(1)
+        name, options, params, x, y, config.epochs, jax.random.key(1)
     )
     curve["objective"] = [start, *curve.pop("after_epoch")]
     curves[name] = curve
-    _, test_acc = ms.evaluate_linear(trained, x_test, y_test)
-    rows.append({
-        "optimizer": name,
-        "settings": ", ".join(f"{k}={v:g}" for k, v in options.items()),
-        "budget": f"{epochs} epochs",
-        "train objective": curve["objective"][-1],
-        "test accuracy": float(test_acc),
-        "seconds": curve["seconds"][-1],
-        "compile s": compile_s,
-    })
-    print(f"  {name}: objective {curve['objective'][-1]:.5f}", flush=True)
-
-  curve, solved, compile_s = run_lbfgs(params, x, y, iterations)
+    rows.append(row(name, ", ".join(f"{k}={v:g}" for k, v in options.items()),
+                    f"{config.epochs} epochs", curve, trained, compile_s))
+  curve, solved, compile_s = run_lbfgs(params, x, y, config.lbfgs_iterations)
   curve["objective"] = [start, *curve.pop("after_epoch")]
   curves["lbfgs"] = curve
-  _, test_acc = ms.evaluate_linear(solved, x_test, y_test)
-  rows.append({
-      "optimizer": "lbfgs",
-      "settings": "memory_size=10, zoom line search",
-      "budget": f"{curve['epoch'][-1]} iterations",
-      "train objective": curve["objective"][-1],
-      "test accuracy": float(test_acc),
-      "seconds": curve["seconds"][-1],
-      "compile s": compile_s,
-  })
+  rows.append(row("lbfgs", "memory_size=10, zoom line search",
+                  f"{curve['epoch'][-1]} iterations", curve, solved,
+                  compile_s))
+  results = {
+      "config": {
+          "quick": config.quick_mode, "dataset": config.dataset,
+          "epochs": config.epochs, "batch_size": BATCH_SIZE, "l2": L2,
+          "first_order": FIRST_ORDER,
+          "lbfgs_iterations": list(config.lbfgs_iterations),
+          "load_average_before": load_before,
+          "load_average_after": os.getloadavg(),
+      },
+      "data": {"train": int(x.shape[0]), "test": int(x_test.shape[0]),
+               "features": int(x.shape[1]), "classes": num_classes},
+      "start_objective": start,
+      "best_objective": min(min(c["objective"]) for c in curves.values()),
+      "table": rows,
+      "curves": curves,
+  }
+  if workdir is not None:
+    results["figure"] = str(plot(results, Path(workdir)))
+  return results
 
-  best = min(min(c["objective"]) for c in curves.values())
-  print()
-  print(reporting.format_table(
-      rows,
-      ["optimizer", "settings", "budget", "train objective", "test accuracy",
-       "seconds", "compile s"],
-  ))
-  load_after = os.getloadavg()
-  print(f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after")
 
-  suffix = "_quick" if args.quick else ""
+def plot(results: dict[str, Any], workdir: Path) -> Path:
+  """Objective minus the best seen, against wall time and against epochs."""
+  best, curves = results["best_objective"], results["curves"]
+  quick = results["config"]["quick"]
 
   def above_best(curve, axis):
     """(x, objective - best) at the points above the best (log y axis)."""
@@ -209,8 +237,8 @@ def main() -> None:
              if o > best]
     return [t for t, _ in pairs], [g for _, g in pairs]
 
-  figure = ms.plot_panels(
-      reporting.RESULTS_DIR / f"optimizers{suffix}.png",
+  return ms.plot_panels(
+      workdir / f"optimizers{'_quick' if quick else ''}.png",
       [
           ms.Panel("objective vs wall time", "seconds (compile excluded)",
                    "objective - best seen",
@@ -219,23 +247,36 @@ def main() -> None:
           ms.Panel("objective vs epochs", "epochs (L-BFGS: iterations)",
                    "objective - best seen",
                    {n: above_best(c, "epoch") for n, c in curves.items()},
-                   xscale="linear" if args.quick else "log", yscale="log"),
+                   xscale="linear" if quick else "log", yscale="log"),
       ],
       title=f"softmax regression, l2 = {L2:g}, best objective {best:.5f}",
   )
-  path = reporting.save_results(f"optimizers{suffix}", {
-      "config": {
-          "quick": args.quick, "epochs": epochs, "batch_size": BATCH_SIZE,
-          "l2": L2, "first_order": FIRST_ORDER,
-          "lbfgs_iterations": list(iterations),
-          "load_average_before": load_before, "load_average_after": load_after,
-      },
-      "start_objective": start,
-      "best_objective": best,
-      "table": rows,
-      "curves": curves,
-  })
-  print(f"wrote {path} and {figure}")
+
+
+def report(results: dict[str, Any]) -> None:
+  """Prints the table of final objectives and accuracies."""
+  config, data = results["config"], results["data"]
+  print(
+      f"{config['dataset']}: {data['train']} train / {data['test']} test,"
+      f" d = {data['features']}, K = {data['classes']}; l2 = {L2:g}; load"
+      f" average {config['load_average_before'][0]:.2f}"
+  )
+  print(reporting.format_table(
+      results["table"],
+      ["optimizer", "settings", "budget", "train objective", "test accuracy",
+       "seconds", "compile s"],
+  ))
+  print(f"load average {config['load_average_before'][0]:.2f} before,"
+        f" {config['load_average_after'][0]:.2f} after")
+
+
+def main(argv: list[str] | None = None) -> None:
+  config = _cli.parse(Config, argv, description=__doc__.splitlines()[0])
+  results = run(config, reporting.RESULTS_DIR)
+  report(results)
+  suffix = "_quick" if config.quick_mode else ""
+  path = reporting.save_results(f"optimizers{suffix}", results)
+  print(f"wrote {path} and {results['figure']}")
 
 
 if __name__ == "__main__":

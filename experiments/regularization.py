@@ -1,7 +1,8 @@
 r"""L2, L1 and elastic-net strengths chosen by 5-fold CV; L1 sparsity.
 
 Command: ``python experiments/regularization.py`` (``--quick``: scikit-learn's
-digits, a 4-point grid, 5 epochs; seconds; a smoke test).
+digits, a 4-point grid, 5 epochs; seconds; a smoke test; every ``Config``
+field is a flag).
 Expected: on a 10000-image MNIST training subset the CV loss is flat for
 weak penalties and rises past an optimum: cross-validation picks L2 alpha =
 1e-2, L1 alpha = 3.2e-4 and elastic-net alpha = 1e-3 (CV loss 0.338-0.339,
@@ -37,13 +38,22 @@ alone.
 
 Results go to ``results/regularization.json`` and the figure (CV loss, test
 accuracy and sparsity against the strength) to ``results/regularization.png``.
+
+References:
+  R. Tibshirani, "Regression shrinkage and selection via the lasso", JRSS B
+  58 (1996); H. Zou, T. Hastie, "Regularization and variable selection via
+  the elastic net", JRSS B 67 (2005); T. Hastie, R. Tibshirani, J. Friedman,
+  "The Elements of Statistical Learning", 2nd ed., Springer (2009), section
+  7.10 (cross-validation).
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import os
 import time
+from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -53,116 +63,156 @@ import jaxsoftmax as js
 from jaxsoftmax import model_selection as ms
 from jaxsoftmax import reporting
 
+import _cli
+
 PENALTIES = {"L2": 0.0, "L1": 1.0, "elastic net (r = 0.5)": 0.5}
-GRID = np.logspace(-6, -1, 11)
-QUICK_GRID = np.logspace(-4, -1, 4)
 SPARSITY_TOL = 1e-3
-NUM_FOLDS = 5
-SUBSET = 10_000
 SEED = 0
+DATASETS = ("mnist", "digits")
 
 
-def load(quick: bool, subset: int):
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """The data subset, the strengths alpha and the CV and training budget."""
+
+  dataset: str = "mnist"
+  subset: int = 10_000
+  epochs: int = 15
+  num_folds: int = 5
+  grid: tuple[float, ...] = tuple(np.logspace(-6, -1, 11).tolist())
+  quick_mode: bool = False
+
+  def __post_init__(self):
+    if self.dataset not in DATASETS:
+      raise ValueError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
+    for name in ("subset", "epochs"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+    if self.num_folds < 2:
+      raise ValueError(f"num_folds must be at least 2, got {self.num_folds}")
+    if not self.grid or min(self.grid) < 0:
+      raise ValueError(f"grid must be non-negative strengths, got {self.grid}")
+
+  def quick(self) -> Config:
+    """Digits, 4 strengths, 5 epochs: the smoke test."""
+    return dataclasses.replace(
+        self, dataset="digits", epochs=5,
+        grid=tuple(np.logspace(-4, -1, 4).tolist()), quick_mode=True)
+
+
+def load(dataset: str, subset: int):
   """Standardized train subset and the whole test set, as JAX arrays."""
-  data = js.data.load_digits() if quick else js.data.load_mnist()
+  data = js.data.load_digits() if dataset == "digits" else js.data.load_mnist()
   rows = np.random.default_rng(SEED).permutation(len(data.y_train))[:subset]
   data = data._replace(x_train=data.x_train[rows], y_train=data.y_train[rows])
   return (*map(jnp.asarray, data.standardized()), data.num_classes)
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--quick", action="store_true")
-  parser.add_argument("--subset", type=int, default=SUBSET,
-                      help="MNIST training images used (default 10000)")
-  parser.add_argument("--epochs", type=int, help="epochs per model (15)")
-  args = parser.parse_args()
-  grid = QUICK_GRID if args.quick else GRID
-  config = ms.TrainConfig(
-      optimizer="momentum", learning_rate=0.01, schedule="cosine",
-      epochs=args.epochs or (5 if args.quick else 15), batch_size=128,
+def sweep_penalty(ratio, grid, train, num_folds, data, start, key):
+  """(per-strength rows, CV's choice, seconds) for l1 = ratio alpha."""
+  x, y, x_test, y_test = data
+  t0 = time.perf_counter()
+  l1, l2 = ms.elastic_net_grid(grid, ratio)
+  cv = ms.cross_validate(start, x, y, key, train, l1=l1, l2=l2,
+                         num_folds=num_folds)
+  path = ms.regularization_path(start, x, y, key, train, l1=l1, l2=l2)
+  test_loss, test_acc = jax.vmap(ms.evaluate_linear, in_axes=(0, None, None))(
+      path, x_test, y_test
   )
+  exact = jax.vmap(ms.weight_sparsity)(path)
+  near = jax.vmap(lambda p: ms.weight_sparsity(p, tol=SPARSITY_TOL))(path)
+  reporting.block((cv, test_acc, exact, near))
+  best = int(cv.best)
+  rows = [
+      {
+          "alpha": float(a),
+          "l1": float(l1[i]),
+          "l2": float(l2[i]),
+          "CV loss": float(cv.mean_loss[i]),
+          "CV loss std": float(cv.std_loss[i]),
+          "CV acc": float(cv.mean_accuracy[i]),
+          "test loss": float(test_loss[i]),
+          "test acc": float(test_acc[i]),
+          "exact zeros": float(exact[i]),
+          f"|w|<{SPARSITY_TOL:g}": float(near[i]),
+          "chosen": "<-" if i == best else "",
+      }
+      for i, a in enumerate(grid)
+  ]
+  return rows, best, time.perf_counter() - t0
 
+
+def run(config: Config, workdir: Path | None = None) -> dict[str, Any]:
+  """Each penalty's CV and test rows and CV's choice; the figure to workdir."""
+  train = ms.TrainConfig(
+      optimizer="momentum", learning_rate=0.01, schedule="cosine",
+      epochs=config.epochs, batch_size=128,
+  )
   load_before = os.getloadavg()
   t_start = time.perf_counter()
-  x, y, x_test, y_test, num_classes = load(args.quick, args.subset)
-  print(
-      f"{'digits' if args.quick else 'MNIST'}: {x.shape[0]} train (subset) /"
-      f" {x_test.shape[0]} test, d = {x.shape[1]}; {NUM_FOLDS}-fold CV over"
-      f" {len(grid)} strengths; {config}; load average {load_before[0]:.2f}"
-  )
+  x, y, x_test, y_test, num_classes = load(config.dataset, config.subset)
   start = js.linear_init(jax.random.key(SEED), x.shape[1], num_classes)
-  key = jax.random.key(SEED + 1)
-
-  results, summary = {}, []
+  grid = np.asarray(config.grid)
+  penalties, summary = {}, []
   for penalty, ratio in PENALTIES.items():
-    t0 = time.perf_counter()
-    l1, l2 = ms.elastic_net_grid(grid, ratio)
-    cv = ms.cross_validate(
-        start, x, y, key, config, l1=l1, l2=l2, num_folds=NUM_FOLDS
-    )
-    path = ms.regularization_path(start, x, y, key, config, l1=l1, l2=l2)
-    test_loss, test_acc = jax.vmap(ms.evaluate_linear, in_axes=(0, None, None))(
-        path, x_test, y_test
-    )
-    exact = jax.vmap(ms.weight_sparsity)(path)
-    near = jax.vmap(lambda p: ms.weight_sparsity(p, tol=SPARSITY_TOL))(path)
-    reporting.block((cv, test_acc, exact, near))
-    seconds = time.perf_counter() - t0
-    best = cv.best
-    rows = [
-        {
-            "alpha": float(a),
-            "CV loss": float(cv.mean_loss[i]),
-            "CV loss std": float(cv.std_loss[i]),
-            "CV acc": float(cv.mean_accuracy[i]),
-            "test loss": float(test_loss[i]),
-            "test acc": float(test_acc[i]),
-            "exact zeros": float(exact[i]),
-            f"|w|<{SPARSITY_TOL:g}": float(near[i]),
-            "chosen": "<-" if i == best else "",
-        }
-        for i, a in enumerate(grid)
-    ]
-    results[penalty] = {"l1_ratio": ratio, "rows": rows, "chosen": best,
-                        "seconds": seconds}
+    rows, best, seconds = sweep_penalty(
+        ratio, grid, train, config.num_folds, (x, y, x_test, y_test), start,
+        jax.random.key(SEED + 1))
+    penalties[penalty] = {"l1_ratio": ratio, "rows": rows, "chosen": best,
+                          "seconds": seconds}
     summary.append({
         "penalty": penalty,
-        "chosen alpha": float(grid[best]),
-        "l1": float(l1[best]),
-        "l2": float(l2[best]),
+        "chosen alpha": rows[best]["alpha"],
+        "l1": rows[best]["l1"],
+        "l2": rows[best]["l2"],
         "CV loss": rows[best]["CV loss"],
         "CV acc": rows[best]["CV acc"],
         "test acc": rows[best]["test acc"],
         f"|w|<{SPARSITY_TOL:g}": rows[best][f"|w|<{SPARSITY_TOL:g}"],
         "seconds": seconds,
     })
-    print(f"\n{penalty} (l1 = {ratio:g} alpha, l2 = {1 - ratio:g} alpha),"
-          f" {seconds:.1f} s:")
-    print(reporting.format_table(rows, list(rows[0])))
+  results = {
+      "config": {
+          "quick": config.quick_mode, "dataset": config.dataset,
+          "subset": int(x.shape[0]), "test": int(x_test.shape[0]),
+          "features": int(x.shape[1]),
+          "num_folds": config.num_folds, "grid": grid.tolist(),
+          "train": {"optimizer": train.optimizer,
+                    "learning_rate": train.learning_rate,
+                    "momentum": 0.9, "schedule": train.schedule,
+                    "epochs": train.epochs, "batch_size": train.batch_size},
+          "selection": "lowest mean held-out cross-entropy",
+          "sparsity": f"share of weights with |w| < {SPARSITY_TOL:g} (biases"
+                      " excluded); exact zeros reported beside it",
+          "load_average_before": load_before,
+          "load_average_after": os.getloadavg(),
+      },
+      "summary": summary,
+      "penalties": penalties,
+      "seconds": time.perf_counter() - t_start,
+  }
+  if workdir is not None:
+    results["figure"] = str(plot(results, Path(workdir)))
+  return results
 
-  print("\nchosen by cross-validation:")
-  print(reporting.format_table(summary, list(summary[0])))
-  total = time.perf_counter() - t_start
-  load_after = os.getloadavg()
-  print(f"total {total:.1f} s; load average {load_before[0]:.2f} before,"
-        f" {load_after[0]:.2f} after")
+
+def plot(results: dict[str, Any], workdir: Path) -> Path:
+  """CV loss, test accuracy and sparsity against the strength."""
+  config, penalties = results["config"], results["penalties"]
+  grid = config["grid"]
 
   def series(column):
-    return {
-        name: (grid.tolist(), [r[column] for r in res["rows"]])
-        for name, res in results.items()
-    }
+    return {name: (grid, [r[column] for r in res["rows"]])
+            for name, res in penalties.items()}
 
-  suffix = "_quick" if args.quick else ""
   sparsity = series(f"|w|<{SPARSITY_TOL:g}")
   sparsity["L1, exact zeros"] = (
-      grid.tolist(), [r["exact zeros"] for r in results["L1"]["rows"]]
-  )
-  figure = ms.plot_panels(
-      reporting.RESULTS_DIR / f"regularization{suffix}.png",
+      grid, [r["exact zeros"] for r in penalties["L1"]["rows"]])
+  suffix = "_quick" if config["quick"] else ""
+  return ms.plot_panels(
+      workdir / f"regularization{suffix}.png",
       [
-          ms.Panel(f"{NUM_FOLDS}-fold CV loss", "strength alpha",
+          ms.Panel(f"{config['num_folds']}-fold CV loss", "strength alpha",
                    "held-out cross-entropy", series("CV loss"), xscale="log",
                    yscale="log"),
           ms.Panel("test accuracy (refit on the subset)", "strength alpha",
@@ -172,25 +222,38 @@ def main() -> None:
                    xscale="log"),
       ],
   )
-  path = reporting.save_results(f"regularization{suffix}", {
-      "config": {
-          "quick": args.quick, "subset": int(x.shape[0]),
-          "num_folds": NUM_FOLDS, "grid": grid.tolist(),
-          "train": {"optimizer": config.optimizer,
-                    "learning_rate": config.learning_rate,
-                    "momentum": 0.9, "schedule": config.schedule,
-                    "epochs": config.epochs, "batch_size": config.batch_size},
-          "selection": "lowest mean held-out cross-entropy",
-          "sparsity": f"share of weights with |w| < {SPARSITY_TOL:g} (biases"
-                      " excluded); exact zeros reported beside it",
-          "load_average_before": load_before,
-          "load_average_after": load_after,
-      },
-      "summary": summary,
-      "penalties": results,
-      "seconds": total,
-  })
-  print(f"wrote {path} and {figure}")
+
+
+def report(results: dict[str, Any]) -> None:
+  """Prints each penalty's table and CV's choices."""
+  config = results["config"]
+  print(
+      f"{config['dataset']}: {config['subset']} train (subset) /"
+      f" {config['test']} test, d = {config['features']};"
+      f" {config['num_folds']}-fold CV over {len(config['grid'])} strengths;"
+      f" {config['train']}; load average"
+      f" {config['load_average_before'][0]:.2f}"
+  )
+  for penalty, res in results["penalties"].items():
+    ratio = res["l1_ratio"]
+    print(f"\n{penalty} (l1 = {ratio:g} alpha, l2 = {1 - ratio:g} alpha),"
+          f" {res['seconds']:.1f} s:")
+    print(reporting.format_table(res["rows"], list(res["rows"][0])))
+  print("\nchosen by cross-validation:")
+  print(reporting.format_table(results["summary"],
+                               list(results["summary"][0])))
+  print(f"total {results['seconds']:.1f} s; load average"
+        f" {config['load_average_before'][0]:.2f} before,"
+        f" {config['load_average_after'][0]:.2f} after")
+
+
+def main(argv: list[str] | None = None) -> None:
+  config = _cli.parse(Config, argv, description=__doc__.splitlines()[0])
+  results = run(config, reporting.RESULTS_DIR)
+  report(results)
+  suffix = "_quick" if config.quick_mode else ""
+  path = reporting.save_results(f"regularization{suffix}", results)
+  print(f"wrote {path} and {results['figure']}")
 
 
 if __name__ == "__main__":

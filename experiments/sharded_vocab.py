@@ -2,7 +2,9 @@ r"""Vocab-parallel softmax: equal losses, per-device memory falling as 1/P.
 
 Command: ``python experiments/sharded_vocab.py`` (8 simulated CPU devices;
 on a host with GPUs, its GPUs). Smoke test: ``--quick``. Several processes:
-``python experiments/sharded_vocab.py --num-processes 2``.
+``python experiments/sharded_vocab.py --num-processes 2``. Every ``Config``
+field is a flag; ``run(config)`` is the single-process measurement, while the
+multi-process mode, which starts processes, is the command line's alone.
 
 Expected (default mode, B = 128 rows, d = 64 features, K = 131072 and
 1,000,000 classes, float32, Adam, P = 1, 2, 4, 8 devices on the "model"
@@ -41,6 +43,11 @@ RAM, so the host holds P times that.
 Figures go to ``results/sharded_vocab.json`` (``--quick``:
 ``results/sharded_vocab_quick.json``; multi-process:
 ``results/sharded_vocab_multiprocess[_quick].json``).
+
+References:
+  M. Shoeybi et al., "Megatron-LM: training multi-billion parameter language
+  models using model parallelism", arXiv:1909.08053 (2019), the
+  vocab-parallel cross-entropy.
 """
 
 from __future__ import annotations
@@ -57,6 +64,7 @@ if _DEVICE_FLAG not in os.environ.get("XLA_FLAGS", ""):
 
 import argparse  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
+import dataclasses  # noqa: E402
 import json  # noqa: E402
 import signal  # noqa: E402
 import socket  # noqa: E402
@@ -76,6 +84,8 @@ import optax  # noqa: E402
 import jaxsoftmax as js  # noqa: E402
 from jaxsoftmax import reporting  # noqa: E402
 from jaxsoftmax import sharded  # noqa: E402
+
+import _cli  # noqa: E402
 
 CLASS_SPLIT = {"w": P(None, "model"), "b": P("model")}
 DEVICE_COUNTS = (1, 2, 4, 8)
@@ -97,6 +107,66 @@ PORT_TAKEN = ("address already in use", "failed to bind", "bind failed")
 HEARTBEAT_S = 10
 SHUTDOWN_S = 10
 STARTUP_S = 20
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """Sizes, and the multi-process mode's processes, steps and deadline.
+
+  ``batch``, ``features``, ``classes`` and ``repeats`` left None follow the
+  mode (see ``resolved``).
+  """
+
+  batch: int | None = dataclasses.field(
+      default=None, metadata={"help": "rows B (128; --quick 32)"})
+  features: int | None = dataclasses.field(
+      default=None, metadata={"help": "features d (64; --quick 16)"})
+  classes: tuple[int, ...] | None = dataclasses.field(
+      default=None, metadata={"help": "class counts K (131072 1000000)"})
+  repeats: int | None = dataclasses.field(
+      default=None, metadata={"help": "timed steps per P (3; --quick 2)"})
+  num_processes: int = dataclasses.field(
+      default=1, metadata={"help": "> 1: the multi-process mode"})
+  devices_per_process: int = 4
+  steps: int = dataclasses.field(
+      default=5, metadata={"help": "training steps in the multi-process mode"})
+  seed: int = 0
+  timeout: int = dataclasses.field(
+      default=300, metadata={"help": "seconds before the workers are killed"})
+  worker: int | None = dataclasses.field(
+      default=None, metadata={"help": argparse.SUPPRESS})
+  port: int | None = dataclasses.field(
+      default=None, metadata={"help": argparse.SUPPRESS})
+  quick_mode: bool = False
+
+  def __post_init__(self):
+    for name in ("batch", "features", "repeats", "num_processes",
+                 "devices_per_process", "steps", "timeout"):
+      value = getattr(self, name)
+      if value is not None and value < 1:
+        raise ValueError(f"{name} must be at least 1, got {value}")
+    if self.classes is not None and (not self.classes
+                                     or min(self.classes) < 1):
+      raise ValueError(f"classes must be positive counts, got {self.classes}")
+
+  @property
+  def multi_process(self) -> bool:
+    return self.num_processes > 1 or self.worker is not None
+
+  def quick(self) -> Config:
+    """Tiny sizes, for the smoke test."""
+    return dataclasses.replace(self, quick_mode=True)
+
+  def resolved(self) -> Config:
+    """The None sizes set for the mode: quick or not, multi-process or not."""
+    if self.quick_mode:
+      sizes = (32, 16, (512,) if self.multi_process else (4096,), 2)
+    else:
+      sizes = (128, 64, (4096,) if self.multi_process else (131072, 1_000_000),
+               3)
+    names = ("batch", "features", "classes", "repeats")
+    return dataclasses.replace(self, **{
+        n: v for n, v in zip(names, sizes) if getattr(self, n) is None})
 
 
 def make_problem(seed: int, batch: int, features: int, classes: int):
@@ -198,16 +268,40 @@ def _runner(step, mesh, params, state, x, y):
   return run
 
 
-def run_default(args: argparse.Namespace) -> int:
+def run(config: Config) -> dict[str, Any]:
+  """The single-process mode: per (K, P) errors, per-device bytes, times."""
+  config = config.resolved()
   devices = jax.devices()
-  print(f"{len(devices)} {devices[0].platform} devices "
-        f"({devices[0].device_kind}); B = {args.batch}, d = {args.features}")
-  rows = []
-  for classes in args.classes:
+  rows, seconds = [], {}
+  for classes in config.classes:
     t0 = time.perf_counter()
-    rows += measure_size(args.batch, args.features, classes, devices,
-                         args.repeats)
-    print(f"K = {classes}: {time.perf_counter() - t0:.1f} s")
+    rows += measure_size(config.batch, config.features, classes, devices,
+                         config.repeats)
+    seconds[classes] = time.perf_counter() - t0
+  equal = all(r["loss_rel_err"] <= LOSS_RTOL and r["grad_rel_err"] <= GRAD_RTOL
+              for r in rows)
+  scales = all(
+      abs(r[key] - 1) <= MEMORY_TOLERANCE
+      for r in rows for key in ("w_bytes_x_P_over_P1", "temp_x_P_over_P1")
+  )
+  return {
+      "config": _config(config),
+      "devices": f"{len(devices)} {devices[0].platform} devices"
+                 f" ({devices[0].device_kind})",
+      "load_average": os.getloadavg(),
+      "seconds_per_size": seconds,
+      "rows": rows,
+      "targets": {"equal_to_single_device": equal, "memory_scales": scales},
+  }
+
+
+def report(results: dict[str, Any]) -> None:
+  """Prints the single-process mode's table and targets."""
+  config = results["config"]
+  print(f"{results['devices']}; B = {config['batch']}, d ="
+        f" {config['features']}")
+  for classes, seconds in results["seconds_per_size"].items():
+    print(f"K = {classes}: {seconds:.1f} s")
   table = [{
       "K": r["classes"], "P": r["devices"],
       "w/dev": reporting.format_bytes(r["w_bytes_per_device"]),
@@ -218,27 +312,14 @@ def run_default(args: argparse.Namespace) -> int:
       "temp·P/temp(1)": r["temp_x_P_over_P1"],
       "loss rel err": r["loss_rel_err"], "grad rel err": r["grad_rel_err"],
       "step ms": r["step_ms"],
-  } for r in rows]
+  } for r in results["rows"]]
   print(reporting.format_table(table, list(table[0])))
-
-  equal = all(r["loss_rel_err"] <= LOSS_RTOL and r["grad_rel_err"] <= GRAD_RTOL
-              for r in rows)
-  scales = all(
-      abs(r[key] - 1) <= MEMORY_TOLERANCE
-      for r in rows for key in ("w_bytes_x_P_over_P1", "temp_x_P_over_P1")
-  )
+  targets = results["targets"]
   print(f"sharded loss and gradients equal the single-device fused loss"
-        f" (loss rtol {LOSS_RTOL}, grad rtol {GRAD_RTOL}): {equal}")
+        f" (loss rtol {LOSS_RTOL}, grad rtol {GRAD_RTOL}):"
+        f" {targets['equal_to_single_device']}")
   print(f"per-device w and XLA temporaries fall as 1/P within"
-        f" {MEMORY_TOLERANCE:.0%}: {scales}")
-  path = reporting.save_results(
-      "sharded_vocab_quick" if args.quick else "sharded_vocab",
-      {"config": _config(args), "load_average": os.getloadavg(),
-       "rows": rows,
-       "targets": {"equal_to_single_device": equal, "memory_scales": scales}},
-  )
-  print(f"wrote {path}")
-  return 0 if equal else 1
+        f" {MEMORY_TOLERANCE:.0%}: {targets['memory_scales']}")
 
 
 # ----------------------------------------------------------------------------
@@ -259,10 +340,10 @@ def _mesh_over_processes() -> Mesh:
               axis_types=(jax.sharding.AxisType.Explicit,) * 2)
 
 
-def train_losses(args: argparse.Namespace, mesh: Mesh | None) -> list[float]:
+def train_losses(config: Config, mesh: Mesh | None) -> list[float]:
   """Per-step training losses of full-batch Adam, sharded over ``mesh``."""
-  x, y, params = make_problem(args.seed, args.batch, args.features,
-                              args.classes[0])
+  x, y, params = make_problem(config.seed, config.batch, config.features,
+                              config.classes[0])
   if mesh is None:
     loss, options = single_device_loss, {}
   else:
@@ -273,26 +354,27 @@ def train_losses(args: argparse.Namespace, mesh: Mesh | None) -> list[float]:
   # One full batch per epoch: the history's epoch losses are step losses.
   _, history = js.fit(
       loss, params, (x, y), optimizer=optax.adam(LEARNING_RATE),
-      epochs=args.steps, batch_size=args.batch, key=jax.random.key(args.seed),
+      epochs=config.steps, batch_size=config.batch,
+      key=jax.random.key(config.seed),
       progress=False, **options)
   return history.loss
 
 
-def run_worker(args: argparse.Namespace) -> int:
+def run_worker(config: Config) -> int:
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(
-      coordinator_address=f"127.0.0.1:{args.port}",
-      num_processes=args.num_processes, process_id=args.worker,
-      initialization_timeout=min(args.timeout, STARTUP_S),
+      coordinator_address=f"127.0.0.1:{config.port}",
+      num_processes=config.num_processes, process_id=config.worker,
+      initialization_timeout=min(config.timeout, STARTUP_S),
       heartbeat_timeout_seconds=HEARTBEAT_S,
       shutdown_timeout_seconds=SHUTDOWN_S,
   )
-  print(f"worker {args.worker}: connected", flush=True)
+  print(f"worker {config.worker}: connected", flush=True)
   mesh = _mesh_over_processes()
   try:
-    losses = train_losses(args, mesh)
+    losses = train_losses(config, mesh)
   except jax.errors.JaxRuntimeError as error:
-    print(f"worker {args.worker}: a collective failed, so another worker has"
+    print(f"worker {config.worker}: a collective failed, so another worker has"
           f" probably died; stopping. ({error})", file=sys.stderr, flush=True)
     # The orderly jax.distributed.shutdown waits at a barrier the dead peer
     # never reaches and then aborts with a C++ stack trace.
@@ -312,15 +394,14 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _worker_command(args: argparse.Namespace, port: int,
-                   worker: int) -> list[str]:
+def _worker_command(config: Config, port: int, worker: int) -> list[str]:
   """The command line that starts worker ``worker`` of the launcher's run."""
   return [
       sys.executable, __file__, "--worker", str(worker),
-      "--num-processes", str(args.num_processes), "--port", str(port),
-      "--batch", str(args.batch), "--features", str(args.features),
-      "--classes", str(args.classes[0]), "--steps", str(args.steps),
-      "--seed", str(args.seed), "--timeout", str(args.timeout),
+      "--num-processes", str(config.num_processes), "--port", str(port),
+      "--batch", str(config.batch), "--features", str(config.features),
+      "--classes", str(config.classes[0]), "--steps", str(config.steps),
+      "--seed", str(config.seed), "--timeout", str(config.timeout),
   ]
 
 
@@ -335,7 +416,7 @@ def _worker_env(devices_per_process: int) -> dict[str, str]:
 
 
 def _launch(
-    args: argparse.Namespace, port: int,
+    config: Config, port: int,
 ) -> tuple[list[tuple[int | None, str]], str | None]:
   """Runs the workers; (return code, output) of each, and why it stopped.
 
@@ -343,17 +424,17 @@ def _launch(
   deadline) gets the others killed, since they would wait for it in a
   collective. The reason is ``None`` when all of them succeeded.
   """
-  env = _worker_env(args.devices_per_process)
+  env = _worker_env(config.devices_per_process)
   outputs = [tempfile.TemporaryFile(mode="w+") for _ in
-             range(args.num_processes)]
+             range(config.num_processes)]
   procs = [
-      subprocess.Popen(_worker_command(args, port, i), env=env, stdout=out,
+      subprocess.Popen(_worker_command(config, port, i), env=env, stdout=out,
                        stderr=subprocess.STDOUT)
       for i, out in enumerate(outputs)
   ]
   for i, p in enumerate(procs):
     print(f"worker {i}: pid {p.pid}", flush=True)
-  deadline = time.monotonic() + args.timeout
+  deadline = time.monotonic() + config.timeout
   reason = None
   try:
     while reason is None:
@@ -365,7 +446,7 @@ def _launch(
       elif all(c == 0 for c in codes):
         break
       elif time.monotonic() > deadline:
-        reason = f"no result after --timeout {args.timeout} s"
+        reason = f"no result after --timeout {config.timeout} s"
       else:
         time.sleep(0.2)
   finally:
@@ -386,15 +467,15 @@ def _signal_name(code: int) -> str:
   return f" ({signal.Signals(-code).name})" if code < 0 else ""
 
 
-def run_launcher(args: argparse.Namespace) -> int:
-  print(f"launching {args.num_processes} processes x"
-        f" {args.devices_per_process} simulated CPU devices (gloo);"
-        f" B = {args.batch}, d = {args.features}, K = {args.classes[0]},"
-        f" {args.steps} Adam steps")
+def run_launcher(config: Config) -> int:
+  print(f"launching {config.num_processes} processes x"
+        f" {config.devices_per_process} simulated CPU devices (gloo);"
+        f" B = {config.batch}, d = {config.features}, K = {config.classes[0]},"
+        f" {config.steps} Adam steps")
   t0 = time.perf_counter()
   for attempt in range(3):
     port = _free_port()
-    results, reason = _launch(args, port)
+    results, reason = _launch(config, port)
     texts = "\n".join(out for _, out in results).lower()
     if reason is None:
       break
@@ -410,7 +491,7 @@ def run_launcher(args: argparse.Namespace) -> int:
            if line.startswith(RESULT_TAG)]
   seconds_multi = time.perf_counter() - t0
   t0 = time.perf_counter()
-  single = train_losses(args, None)
+  single = train_losses(config, None)
   seconds_single = time.perf_counter() - t0
 
   losses = multi[0]["losses"]
@@ -429,9 +510,9 @@ def run_launcher(args: argparse.Namespace) -> int:
   print(f"wall time: {seconds_multi:.1f} s (processes),"
         f" {seconds_single:.1f} s (single device)")
   path = reporting.save_results(
-      "sharded_vocab_multiprocess_quick" if args.quick
+      "sharded_vocab_multiprocess_quick" if config.quick_mode
       else "sharded_vocab_multiprocess",
-      {"config": _config(args), "multi_process_losses": losses,
+      {"config": _config(config), "multi_process_losses": losses,
        "single_device_losses": single, "relative_differences": rel,
        "processes_agree": agree_processes, "equal": equal,
        "mesh": multi[0]["mesh"], "seconds_multi_process": seconds_multi,
@@ -442,44 +523,25 @@ def run_launcher(args: argparse.Namespace) -> int:
   return 0 if equal else 1
 
 
-def _config(args: argparse.Namespace) -> dict[str, Any]:
-  return {k: v for k, v in vars(args).items()
+def _config(config: Config) -> dict[str, Any]:
+  return {k: v for k, v in dataclasses.asdict(config).items()
           if k not in ("worker", "port")}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--quick", action="store_true",
-                      help="tiny sizes, for the smoke test")
-  parser.add_argument("--batch", type=int, help="rows B (default 128)")
-  parser.add_argument("--features", type=int, help="features d (default 64)")
-  parser.add_argument("--classes", type=int, nargs="+",
-                      help="class counts K (default 131072 1000000)")
-  parser.add_argument("--repeats", type=int,
-                      help="timed steps per P (default 3, --quick 2)")
-  parser.add_argument("--num-processes", type=int, default=1,
-                      help="> 1: the multi-process mode")
-  parser.add_argument("--devices-per-process", type=int, default=4)
-  parser.add_argument("--steps", type=int, default=5,
-                      help="training steps in the multi-process mode")
-  parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--timeout", type=int, default=300,
-                      help="seconds before the workers are killed")
-  parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
-  parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
-  args = parser.parse_args(argv)
-  multi = args.num_processes > 1 or args.worker is not None
-  quick_sizes = (32, 16, [512] if multi else [4096], 2)
-  full_sizes = (128, 64, [4096] if multi else [131072, 1_000_000], 3)
-  sizes = quick_sizes if args.quick else full_sizes
-  for name, default in zip(("batch", "features", "classes", "repeats"), sizes):
-    if getattr(args, name) is None:
-      setattr(args, name, default)
-  if args.worker is not None:
-    return run_worker(args)
-  if args.num_processes > 1:
-    return run_launcher(args)
-  return run_default(args)
+  config = _cli.parse(Config, argv, description=__doc__.splitlines()[0])
+  config = config.resolved()
+  if config.worker is not None:
+    return run_worker(config)
+  if config.num_processes > 1:
+    return run_launcher(config)
+  results = run(config)
+  report(results)
+  path = reporting.save_results(
+      "sharded_vocab_quick" if config.quick_mode else "sharded_vocab",
+      results)
+  print(f"wrote {path}")
+  return 0 if results["targets"]["equal_to_single_device"] else 1
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 r"""Softmax regression on scikit-learn's digits, trained with the closed-form gradient.
 
-Command: ``make demo`` (or ``python experiments/softmax_regression.py``).
+Command: ``python experiments/softmax_regression.py`` (``--quick``: 3 epochs,
+a smoke run of the command line; every ``Config`` field is a flag).
 Expected: test accuracy 0.958 on the fixed 359-image test split (the bar is
 0.95), beside scikit-learn's LogisticRegression (lbfgs, C=1) at 0.955 on the
 same split; about 8 s on 2 CPU cores, most of it start-up and compilation.
@@ -14,12 +15,18 @@ with the gradient from ``softmax_regression_value_and_grad`` (never
 learning-rate decay). Each epoch is one
 ``lax.scan`` over minibatches inside a single jitted call; the data is passed
 as an argument, not closed over, so it is not baked into the program.
+
+References:
+  E. Kim, "ML refresher / softmax regression", Data 188 lecture 2 (2026), the
+  update rule; E. Alpaydin, C. Kaynak, "Optical recognition of handwritten
+  digits", UCI Machine Learning Repository (1998), the data.
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import time
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +34,8 @@ import numpy as np
 import optax
 
 import jaxsoftmax as js
+
+import _cli
 
 
 def make_epoch(optimizer: optax.GradientTransformation, batch_size: int, l2: float):
@@ -65,71 +74,104 @@ def _sklearn_accuracy(x_train, y_train, x_test, y_test) -> float | None:
   return float(model.score(x_test, y_test))
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--epochs", type=int, default=30)
-  parser.add_argument("--batch-size", type=int, default=64)
-  parser.add_argument("--learning-rate", type=float, default=0.2)
-  parser.add_argument("--momentum", type=float, default=0.9)
-  parser.add_argument("--l2", type=float, default=1e-3)
-  parser.add_argument("--seed", type=int, default=0)
-  args = parser.parse_args()
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """Minibatch SGD with momentum and cosine decay on digits."""
 
+  epochs: int = 30
+  batch_size: int = 64
+  learning_rate: float = 0.2
+  momentum: float = 0.9
+  l2: float = 1e-3
+  seed: int = 0
+  quick_mode: bool = False
+
+  def __post_init__(self):
+    for name in ("epochs", "batch_size"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+    if not self.learning_rate > 0:
+      raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+    if not 0 <= self.momentum < 1:
+      raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+    if self.l2 < 0:
+      raise ValueError(f"l2 must be non-negative, got {self.l2}")
+
+  def quick(self) -> Config:
+    """A few epochs: the command line's smoke test."""
+    return dataclasses.replace(self, epochs=3, quick_mode=True)
+
+
+def run(config: Config) -> dict[str, Any]:
+  """Trains on digits; returns the accuracies, losses and wall time."""
   t0 = time.perf_counter()
   data = js.data.load_digits()
   x_train, x_test = js.data.standardize(data.x_train, data.x_test)
   y_train, y_test = data.y_train, data.y_test
-  print(
-      f"digits: {len(y_train)} train / {len(y_test)} test, "
-      f"d = {x_train.shape[1]}, K = {data.num_classes}"
-  )
 
-  key = jax.random.key(args.seed)
+  key = jax.random.key(config.seed)
   init_key, key = jax.random.split(key)
   params = js.linear_init(init_key, x_train.shape[1], data.num_classes)
-  steps = args.epochs * (len(y_train) // args.batch_size)
-  schedule = optax.cosine_decay_schedule(args.learning_rate, steps)
-  optimizer = optax.sgd(schedule, momentum=args.momentum)
+  steps = config.epochs * (len(y_train) // config.batch_size)
+  schedule = optax.cosine_decay_schedule(config.learning_rate, steps)
+  optimizer = optax.sgd(schedule, momentum=config.momentum)
   opt_state = optimizer.init(params)
-  epoch = make_epoch(optimizer, args.batch_size, args.l2)
+  epoch = make_epoch(optimizer, config.batch_size, config.l2)
 
   x_train_d, y_train_d = jnp.asarray(x_train), jnp.asarray(y_train)
-  for i in range(args.epochs):
+  losses = []
+  for i in range(config.epochs):
     key, sub = jax.random.split(key)
     params, opt_state, loss = epoch(params, opt_state, x_train_d, y_train_d, sub)
-    if not np.isfinite(float(loss)):
+    losses.append(float(loss))
+    if not np.isfinite(losses[-1]):
       raise FloatingPointError(
-          f"training loss became {float(loss)} at epoch {i + 1}; lower"
+          f"training loss became {losses[-1]} at epoch {i + 1}; lower"
           " --learning-rate."
       )
-    if (i + 1) % 10 == 0 or i == 0:
-      print(f"epoch {i + 1:3d}  train loss {float(loss):.4f}")
 
   test_logits = js.linear_logits(params, x_test)
-  test_acc = 1.0 - float(js.zero_one_loss(test_logits, y_test))
-  train_acc = 1.0 - float(js.zero_one_loss(js.linear_logits(params, x_train), y_train))
-  test_loss = float(js.cross_entropy(test_logits, y_test))
-  seconds = time.perf_counter() - t0
-  sklearn_acc = _sklearn_accuracy(x_train, y_train, x_test, y_test)
-  print(f"train accuracy {train_acc:.4f}")
-  print(f"test loss      {test_loss:.4f}")
-  print(f"test accuracy  {test_acc:.4f}")
-  if sklearn_acc is not None:
-    print(f"  scikit-learn LogisticRegression (lbfgs) on the same split: {sklearn_acc:.4f}")
-  print(f"wall time      {seconds:.1f} s")
-  path = js.reporting.save_results(
-      "softmax_regression",
-      {
-          "config": vars(args),
-          "train_accuracy": train_acc,
-          "test_accuracy": test_acc,
-          "test_loss": test_loss,
-          "sklearn_test_accuracy": sklearn_acc,
-          "final_train_loss": float(loss),
-          "seconds": seconds,
-      },
-  )
-  print(f"wrote {path}")
+  return {
+      "config": dataclasses.asdict(config),
+      "dataset": {"train": len(y_train), "test": len(y_test),
+                  "features": x_train.shape[1],
+                  "classes": data.num_classes},
+      "train_losses": losses,
+      "train_accuracy": 1.0 - float(js.zero_one_loss(
+          js.linear_logits(params, x_train), y_train)),
+      "test_accuracy": 1.0 - float(js.zero_one_loss(test_logits, y_test)),
+      "test_loss": float(js.cross_entropy(test_logits, y_test)),
+      "final_train_loss": losses[-1],
+      # Before the scikit-learn anchor, which is not part of the run.
+      "seconds": time.perf_counter() - t0,
+      "sklearn_test_accuracy": _sklearn_accuracy(
+          x_train, y_train, x_test, y_test),
+  }
+
+
+def report(results: dict[str, Any]) -> None:
+  """Prints what ``run`` measured."""
+  d = results["dataset"]
+  print(f"digits: {d['train']} train / {d['test']} test, "
+        f"d = {d['features']}, K = {d['classes']}")
+  for i, loss in enumerate(results["train_losses"]):
+    if (i + 1) % 10 == 0 or i == 0:
+      print(f"epoch {i + 1:3d}  train loss {loss:.4f}")
+  print(f"train accuracy {results['train_accuracy']:.4f}")
+  print(f"test loss      {results['test_loss']:.4f}")
+  print(f"test accuracy  {results['test_accuracy']:.4f}")
+  if results["sklearn_test_accuracy"] is not None:
+    print("  scikit-learn LogisticRegression (lbfgs) on the same split:"
+          f" {results['sklearn_test_accuracy']:.4f}")
+  print(f"wall time      {results['seconds']:.1f} s")
+
+
+def main(argv: list[str] | None = None) -> None:
+  config = _cli.parse(Config, argv, description=__doc__.splitlines()[0])
+  results = run(config)
+  report(results)
+  name = "softmax_regression" + ("_quick" if config.quick_mode else "")
+  print(f"wrote {js.reporting.save_results(name, results)}")
 
 
 if __name__ == "__main__":

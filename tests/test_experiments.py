@@ -1,7 +1,9 @@
-"""Smoke tests: each experiment script runs end to end in its --quick mode.
+"""Each experiment runs end to end on its quick config, in this process.
 
-The scripts run in a subprocess, as a user would run them, with their results
-directed to a temporary directory through ``JAXSOFTMAX_RESULTS``.
+A test imports ``experiments/<name>.py`` as a module and checks the numbers
+``run(Config().quick())`` returns. One test runs a script's command line in
+a subprocess, as a user would, with its results directed to a temporary
+directory through ``JAXSOFTMAX_RESULTS``.
 """
 
 import dataclasses
@@ -16,25 +18,64 @@ import jax
 import numpy as np
 import pytest
 
+from jaxsoftmax import reporting
+
 ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS = ROOT / "experiments"
+PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def run_experiment(name, results_dir, *args):
-  env = dict(os.environ, JAXSOFTMAX_RESULTS=str(results_dir))
-  return subprocess.run(
-      [sys.executable, str(ROOT / "experiments" / f"{name}.py"), *args],
+def load_experiment(name, monkeypatch):
+  """Imports experiments/<name>.py (registered only for this test)."""
+  # The scripts import their shared command-line helper as a sibling.
+  monkeypatch.syspath_prepend(str(EXPERIMENTS))
+  spec = importlib.util.spec_from_file_location(
+      f"experiments_{name}", EXPERIMENTS / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  # Dataclasses resolve their annotations through sys.modules.
+  monkeypatch.setitem(sys.modules, spec.name, module)
+  spec.loader.exec_module(module)
+  return module
+
+
+@pytest.fixture
+def float32():
+  """The scripts' own default dtype; conftest turns float64 on for the suite."""
+  with jax.enable_x64(False):
+    yield
+
+
+def test_command_line_quick_writes_its_results(tmp_path):
+  env = dict(os.environ, JAXSOFTMAX_RESULTS=str(tmp_path))
+  proc = subprocess.run(
+      [sys.executable, str(EXPERIMENTS / "softmax_regression.py"), "--quick",
+       "--epochs", "2"],
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
   )
-
-
-def test_gradient_check_quick(tmp_path):
-  proc = run_experiment("gradient_check", tmp_path, "--quick")
   assert proc.returncode == 0, proc.stdout + proc.stderr
-  for header in ("Table 1:", "Table 1b:", "Table 2:", "f64 rel",
-                 "FD rel (max)", "mem ratio", "time ratio"):
-    assert header in proc.stdout, header
+  assert "test accuracy" in proc.stdout
+  results = json.loads((tmp_path / "softmax_regression_quick.json").read_text())
+  assert results["config"]["epochs"] == 2 and results["config"]["quick_mode"]
+  assert len(results["train_losses"]) == 2
+  # Two epochs of SGD with momentum on digits are far above chance.
+  assert results["test_accuracy"] > 0.5
 
-  results = json.loads((tmp_path / "gradient_check.json").read_text())
+
+def test_flags_override_the_quick_config(monkeypatch):
+  bs = load_experiment("batch_size", monkeypatch)
+  config = bs._cli.parse(bs.Config, ["--quick", "--epochs", "2",
+                                     "--batch-sizes", "16,64", "128"])
+  assert config == dataclasses.replace(
+      bs.Config().quick(), epochs=2, batch_sizes=(16, 64, 128))
+  with pytest.raises(SystemExit):
+    bs._cli.parse(bs.Config, ["--multipliers", "0.5,2"])
+  with pytest.raises(ValueError, match="multipliers must"):
+    bs.Config(multipliers=(0.5, 2.0))
+
+
+def test_gradient_check_quick(monkeypatch, capsys):
+  gc = load_experiment("gradient_check", monkeypatch)
+  results = gc.run(gc.Config().quick())
   assert results["passed"] and results["quick"]
   rows = results["correctness"]
   assert {r["case"].split()[0] for r in rows} == {
@@ -45,19 +86,15 @@ def test_gradient_check_quick(tmp_path):
     assert r["loss rel"] < 1e-10, r
     # Finite differences are limited by their own truncation and rounding.
     assert r["FD rel (median)"] < 1e-5, r
+    assert r["FD rel (max)"] >= r["FD rel (median)"], r
   for r in results["complexity"]:
     assert r["memory ratio"] > 1, r
-
-
-def load_experiment(name, monkeypatch):
-  """Imports experiments/<name>.py (registered only for this test)."""
-  spec = importlib.util.spec_from_file_location(
-      f"experiments_{name}", ROOT / "experiments" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  # Dataclasses resolve their annotations through sys.modules.
-  monkeypatch.setitem(sys.modules, spec.name, module)
-  spec.loader.exec_module(module)
-  return module
+  # Every column of the printed tables has its number.
+  gc.report(results)
+  display = [gc.complexity_display(r) for r in results["complexity"]]
+  assert all(set(gc.TABLE2_COLUMNS) <= set(d) for d in display)
+  assert all(set(gc.TABLE1_COLUMNS) <= set(r) for r in rows)
+  assert "Table 2:" in capsys.readouterr().out
 
 
 def test_gradient_check_flags_a_wrong_gradient(monkeypatch):
@@ -81,20 +118,20 @@ def mnist_cached():
 
 
 def test_mnist_without_data_says_make_data(tmp_path, monkeypatch):
+  mnist = load_experiment("mnist", monkeypatch)
   monkeypatch.setenv("JAXSOFTMAX_DATA", str(tmp_path / "empty"))
-  proc = run_experiment("mnist", tmp_path, "--quick")
-  assert proc.returncode == 1, proc.stdout + proc.stderr
-  assert "make data" in proc.stderr and "Traceback" not in proc.stderr
+  monkeypatch.setattr(reporting, "RESULTS_DIR", tmp_path)
+  # The command line exits with the message, not a traceback.
+  with pytest.raises(SystemExit) as exit_:
+    mnist.main(["--quick"])
+  assert "make data" in str(exit_.value.code)
   assert list(tmp_path.glob("*.json")) == []
 
 
 @pytest.mark.skipif(not mnist_cached(), reason="MNIST not cached: make data")
-def test_mnist_quick(tmp_path):
-  proc = run_experiment("mnist", tmp_path, "--quick")
-  assert proc.returncode == 0, proc.stdout + proc.stderr
-  assert "test error" in proc.stdout and "ECE before / after" in proc.stdout
-
-  results = json.loads((tmp_path / "mnist_quick.json").read_text())
+def test_mnist_quick(tmp_path, monkeypatch, float32):
+  mnist = load_experiment("mnist", monkeypatch)
+  results = mnist.run(mnist.Config().quick(), tmp_path)
   assert {"test_error", "train_seconds", "train_seconds_excluding_compile",
           "ece_before", "ece_after", "nll_before", "nll_after", "dataset",
           "model", "temperature", "history", "targets"} <= set(results)
@@ -112,13 +149,12 @@ def test_mnist_quick(tmp_path):
   assert results["history"]["epoch"] == [1]
   for kind in ("curves", "reliability", "confusion", "weights"):
     png = tmp_path / f"mnist_quick_{kind}.png"
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", kind
+    assert png.read_bytes()[:8] == PNG, kind
 
 
-def test_optimizers_quick(tmp_path):
-  proc = run_experiment("optimizers", tmp_path, "--quick")
-  assert proc.returncode == 0, proc.stdout + proc.stderr
-  results = json.loads((tmp_path / "optimizers_quick.json").read_text())
+def test_optimizers_quick(tmp_path, monkeypatch, float32):
+  opt = load_experiment("optimizers", monkeypatch)
+  results = opt.run(opt.Config().quick(), tmp_path)
   names = [r["optimizer"] for r in results["table"]]
   assert names == ["sgd", "momentum", "adam", "adamw", "lbfgs"]
   for name, curve in results["curves"].items():
@@ -129,13 +165,12 @@ def test_optimizers_quick(tmp_path):
     assert np.all(np.diff(curve[key]) > 0), (name, curve[key])
   # Full-batch L-BFGS on digits ends below every 3-epoch first-order run.
   assert results["best_objective"] == min(results["curves"]["lbfgs"]["objective"])
-  assert (tmp_path / "optimizers_quick.png").stat().st_size > 0
+  assert (tmp_path / "optimizers_quick.png").read_bytes()[:8] == PNG
 
 
-def test_regularization_quick(tmp_path):
-  proc = run_experiment("regularization", tmp_path, "--quick")
-  assert proc.returncode == 0, proc.stdout + proc.stderr
-  results = json.loads((tmp_path / "regularization_quick.json").read_text())
+def test_regularization_quick(tmp_path, monkeypatch, float32):
+  reg = load_experiment("regularization", monkeypatch)
+  results = reg.run(reg.Config().quick(), tmp_path)
   assert [s["penalty"] for s in results["summary"]] == [
       "L2", "L1", "elastic net (r = 0.5)"]
   for penalty in results["penalties"].values():
@@ -147,13 +182,12 @@ def test_regularization_quick(tmp_path):
       assert 0 <= r["exact zeros"] <= r["|w|<0.001"] <= 1
   l1_near = [r["|w|<0.001"] for r in results["penalties"]["L1"]["rows"]]
   assert l1_near[-1] > l1_near[0]
-  assert (tmp_path / "regularization_quick.png").stat().st_size > 0
+  assert (tmp_path / "regularization_quick.png").read_bytes()[:8] == PNG
 
 
-def test_batch_size_quick(tmp_path):
-  proc = run_experiment("batch_size", tmp_path, "--quick")
-  assert proc.returncode == 0, proc.stdout + proc.stderr
-  results = json.loads((tmp_path / "batch_size_quick.json").read_text())
+def test_batch_size_quick(tmp_path, monkeypatch, float32):
+  bs = load_experiment("batch_size", monkeypatch)
+  results = bs.run(bs.Config().quick(), tmp_path)
   config = results["config"]
   rates = np.asarray(results["learning_rates"])
   sizes = np.asarray(config["batch_sizes"], float)
@@ -162,7 +196,7 @@ def test_batch_size_quick(tmp_path):
       rates, rule[:, None] * np.asarray(config["multipliers"])[None, :])
   assert np.asarray(results["test_accuracy"]).shape == rates.shape
   assert results["stability_limit"] == 2 / results["hessian_lambda_max"]
-  assert (tmp_path / "batch_size_quick.png").stat().st_size > 0
+  assert (tmp_path / "batch_size_quick.png").read_bytes()[:8] == PNG
 
 
 def gcide_cached():
@@ -174,10 +208,10 @@ def gcide_cached():
   return True
 
 
-def test_sharded_vocab_quick(tmp_path):
-  proc = run_experiment("sharded_vocab", tmp_path, "--quick")
-  assert proc.returncode == 0, proc.stdout + proc.stderr
-  results = json.loads((tmp_path / "sharded_vocab_quick.json").read_text())
+def test_sharded_vocab_quick(monkeypatch, float32):
+  sv = load_experiment("sharded_vocab", monkeypatch)
+  assert jax.device_count() == 8  # conftest's simulated CPU devices
+  results = sv.run(sv.Config().quick())
   assert results["targets"] == {"equal_to_single_device": True,
                                 "memory_scales": True}
   rows = results["rows"]
@@ -190,21 +224,20 @@ def test_sharded_vocab_quick(tmp_path):
 
 
 def test_large_vocab_without_data_says_make_data_text(tmp_path, monkeypatch):
+  lv = load_experiment("large_vocab", monkeypatch)
   monkeypatch.setenv("JAXSOFTMAX_DATA", str(tmp_path / "empty"))
-  proc = run_experiment("large_vocab", tmp_path, "--quick")
-  assert proc.returncode == 1, proc.stdout + proc.stderr
-  assert "make data-text" in proc.stderr and "Traceback" not in proc.stderr
+  monkeypatch.setattr(reporting, "RESULTS_DIR", tmp_path)
+  with pytest.raises(SystemExit) as exit_:
+    lv.main(["--quick"])
+  assert "make data-text" in str(exit_.value.code)
   assert list(tmp_path.glob("*.json")) == []
 
 
 @pytest.mark.skipif(not gcide_cached(),
                     reason="GCIDE not cached: make data-text")
-def test_large_vocab_quick(tmp_path):
-  proc = run_experiment("large_vocab", tmp_path, "--quick")
-  assert proc.returncode == 0, proc.stdout + proc.stderr
-  assert "Held-out exact perplexity" in proc.stdout
-
-  results = json.loads((tmp_path / "large_vocab.json").read_text())
+def test_large_vocab_quick(tmp_path, monkeypatch, float32):
+  lv = load_experiment("large_vocab", monkeypatch)
+  results = lv.run(lv.Config().quick(), tmp_path)
   assert results["quick"]
   rows = results["rows"]
   # One sampled configuration in quick mode, so one row per method.
@@ -221,15 +254,14 @@ def test_large_vocab_quick(tmp_path):
   for r in rows:
     if r["method"] in ("full", "hierarchical_balanced", "class_based"):
       assert r["ppl"] < 300, r
-  assert (tmp_path / "large_vocab.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  assert (tmp_path / "large_vocab.png").read_bytes()[:8] == PNG
 
 
 @pytest.mark.skipif(not gcide_cached(),
                     reason="GCIDE not cached: make data-text")
-def test_midx_quick(tmp_path):
-  proc = run_experiment("midx", tmp_path, "--quick")
-  assert proc.returncode == 0, proc.stdout + proc.stderr
-  results = json.loads((tmp_path / "midx_quick.json").read_text())
+def test_midx_quick(monkeypatch, float32):
+  midx = load_experiment("midx", monkeypatch)
+  results = midx.run(midx.Config().quick())
   rows = {r["sampler"]: r for r in results["rows"]}
   assert list(rows) == ["uniform", "unigram", "midx_uniform", "midx_pop",
                         "midx_exact"]
