@@ -44,7 +44,7 @@ import time
 from typing import Any
 import xml.etree.ElementTree as ET
 
-from jaxsoftmax import _io
+from jaxsoftmax._core import io as _io
 from jaxsoftmax.data import MNIST
 
 ROOT = Path(__file__).resolve().parents[1]

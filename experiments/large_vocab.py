@@ -86,8 +86,8 @@ import numpy as np
 
 from jaxsoftmax import large_vocab as lv
 from jaxsoftmax import reporting
-from jaxsoftmax._hierarchical import frequency_clusters
-from jaxsoftmax._optim import make_optimizer
+from jaxsoftmax.losses._class_based import frequency_clusters
+from jaxsoftmax.training._optim import make_optimizer
 from jaxsoftmax.data import load_text_corpus
 
 import _cli

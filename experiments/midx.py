@@ -76,7 +76,7 @@ from jaxsoftmax import diagnostics
 from jaxsoftmax import large_vocab as lv
 from jaxsoftmax import reporting
 from jaxsoftmax import samplers
-from jaxsoftmax._optim import make_optimizer
+from jaxsoftmax.training._optim import make_optimizer
 from jaxsoftmax.data import load_text_corpus
 
 import _cli

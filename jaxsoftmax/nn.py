@@ -19,9 +19,9 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike, DTypeLike
 
-from jaxsoftmax import _gradients
-from jaxsoftmax import _models
-from jaxsoftmax import _validation as v
+from jaxsoftmax.models import _gradients
+from jaxsoftmax.models import _functional as _models
+from jaxsoftmax._core import validation as v
 
 
 class SoftmaxRegression(nnx.Module):

@@ -24,8 +24,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 import numpy as np
 
-from jaxsoftmax import _io
-from jaxsoftmax import _validation as v
+from jaxsoftmax._core import io as _io
+from jaxsoftmax._core import validation as v
 from jaxsoftmax import metrics
 
 _DPI = 100

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsoftmax import _io
+from jaxsoftmax._core import io as _io
 
 RESULTS_DIR = Path(os.environ.get("JAXSOFTMAX_RESULTS", "results"))
 

@@ -41,11 +41,11 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from jax.typing import ArrayLike
 
-from jaxsoftmax import _fused
-from jaxsoftmax import _numerics
-from jaxsoftmax import _validation as v
-from jaxsoftmax._losses import _reduce
-from jaxsoftmax._losses import cross_entropy
+from jaxsoftmax.losses import _fused
+from jaxsoftmax._core import numerics as _numerics
+from jaxsoftmax._core import reduction as _reduction
+from jaxsoftmax._core import validation as v
+from jaxsoftmax.losses._dense import cross_entropy
 
 
 class _Axes(NamedTuple):
@@ -154,7 +154,7 @@ def _place(name, x, mesh, spec):
 
 def _local_statistics(x, w, b, y_local, cfg, axes):
   """Global row statistics from this shard's classes and three collectives."""
-  lse_l, target_l, total, count = _fused._row_stats(x, w, b, y_local, cfg)
+  lse_l, target_l, total, count = _fused.row_stats(x, w, b, y_local, cfg)
   own = (y_local >= 0) & (y_local < w.shape[1])
   top = lax.pmax(lse_l, axes.model)
   shift = jnp.where(jnp.isfinite(top), top, 0)
@@ -183,7 +183,7 @@ def _forward_local(x, w, b, y, weights, cfg, axes):
   if cfg.reduction == "none":
     out = weights * loss
   else:
-    out = _reduce(weighted_sum, denom, cfg.reduction)
+    out = _reduction.reduce(weighted_sum, denom, cfg.reduction)
   return out, (lse, loss, valid, count, denom, weighted_sum)
 
 
@@ -400,7 +400,7 @@ def vocab_parallel_cross_entropy(
   local = w.shape[1] // shards
   acc = _numerics.accumulation_dtype(jnp.result_type(x, w))
   weights = jnp.ones(labels.shape, acc) if weights is None else weights
-  cfg = _fused._Config(
+  cfg = _fused.FusedConfig(
       chunk=local if chunk_size is None else min(chunk_size, local),
       rows=x.shape[0] // (1 if data_axis_name is None else
                           mesh.shape[data_axis_name]),

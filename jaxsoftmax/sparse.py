@@ -67,8 +67,8 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 import optax
 
-from jaxsoftmax import _gather
-from jaxsoftmax import _validation as v
+from jaxsoftmax._core import gather as _gather
+from jaxsoftmax._core import validation as v
 
 __all__ = ["PAD", "Rows", "apply_updates", "check_optimizer", "gather"]
 

@@ -13,8 +13,8 @@ import optax
 import pytest
 
 import jaxsoftmax as js
-from jaxsoftmax._checkpoint import _META, load_params, save_params
-from jaxsoftmax._training import fit
+from jaxsoftmax.training._checkpoint import _META, load_params, save_params
+from jaxsoftmax.training._fit import fit
 
 # One optimizer with state (momentum) and one problem for every fit here, so
 # the jitted epoch compiles once for the module.

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from jaxsoftmax import cross_entropy
-from jaxsoftmax._fused import fused_linear_cross_entropy
+from jaxsoftmax.losses._fused import fused_linear_cross_entropy
 
 TOL = {jnp.float64: 1e-12, jnp.float32: 2e-5}
 

@@ -24,17 +24,17 @@ from jax.test_util import check_grads
 import numpy as np
 import pytest
 
-from jaxsoftmax._hierarchical import Clusters
-from jaxsoftmax._hierarchical import Tree
-from jaxsoftmax._hierarchical import balanced_tree
-from jaxsoftmax._hierarchical import class_based_init
-from jaxsoftmax._hierarchical import class_based_log_probs
-from jaxsoftmax._hierarchical import class_based_softmax_loss
-from jaxsoftmax._hierarchical import frequency_clusters
-from jaxsoftmax._hierarchical import hierarchical_init
-from jaxsoftmax._hierarchical import hierarchical_log_probs
-from jaxsoftmax._hierarchical import hierarchical_softmax_loss
-from jaxsoftmax._hierarchical import huffman_tree
+from jaxsoftmax.losses._class_based import Clusters
+from jaxsoftmax.losses._hierarchical import Tree
+from jaxsoftmax.losses._hierarchical import balanced_tree
+from jaxsoftmax.losses._class_based import class_based_init
+from jaxsoftmax.losses._class_based import class_based_log_probs
+from jaxsoftmax.losses._class_based import class_based_softmax_loss
+from jaxsoftmax.losses._class_based import frequency_clusters
+from jaxsoftmax.losses._hierarchical import hierarchical_init
+from jaxsoftmax.losses._hierarchical import hierarchical_log_probs
+from jaxsoftmax.losses._hierarchical import hierarchical_softmax_loss
+from jaxsoftmax.losses._hierarchical import huffman_tree
 
 # Library in this dtype vs the float64 reference on the same rounded inputs;
 # atol is relative to the largest reference magnitude.

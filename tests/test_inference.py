@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 
 from jaxsoftmax import metrics
-from jaxsoftmax._inference import fit_temperature
-from jaxsoftmax._inference import predict
-from jaxsoftmax._inference import predict_proba
-from jaxsoftmax._inference import top_k
-from jaxsoftmax._losses import cross_entropy
-from jaxsoftmax._models import linear_logits
-from jaxsoftmax._models import mlp_logits
+from jaxsoftmax.evaluation._inference import fit_temperature
+from jaxsoftmax.evaluation._inference import predict
+from jaxsoftmax.evaluation._inference import predict_proba
+from jaxsoftmax.evaluation._inference import top_k
+from jaxsoftmax.losses._dense import cross_entropy
+from jaxsoftmax.models._functional import linear_logits
+from jaxsoftmax.models._functional import mlp_logits
 
 TOL = dict(rtol=1e-12, atol=1e-12)
 NUM_FEATURES, NUM_CLASSES, NUM_EXAMPLES = 5, 7, 37

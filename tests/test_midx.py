@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from jaxsoftmax import _midx
+from jaxsoftmax.samplers import _midx
 from jaxsoftmax import samplers
-from jaxsoftmax._sampled import sampled_softmax_loss
+from jaxsoftmax.losses._sampled import sampled_softmax_loss
 
 K, D, KC = 240, 7, 5  # odd d: halves of 4 and 3
 

@@ -16,16 +16,16 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 
-from jaxsoftmax._augment import mixup
-from jaxsoftmax._gradients import mlp_grad
-from jaxsoftmax._gradients import mlp_loss
-from jaxsoftmax._gradients import mlp_value_and_grad
-from jaxsoftmax._gradients import softmax_regression_grad
-from jaxsoftmax._gradients import softmax_regression_loss
-from jaxsoftmax._gradients import softmax_regression_value_and_grad
-from jaxsoftmax._losses import soft_cross_entropy
-from jaxsoftmax._models import linear_logits
-from jaxsoftmax._models import mlp_logits
+from jaxsoftmax.models._augment import mixup
+from jaxsoftmax.models._gradients import mlp_grad
+from jaxsoftmax.models._gradients import mlp_loss
+from jaxsoftmax.models._gradients import mlp_value_and_grad
+from jaxsoftmax.models._gradients import softmax_regression_grad
+from jaxsoftmax.models._gradients import softmax_regression_loss
+from jaxsoftmax.models._gradients import softmax_regression_value_and_grad
+from jaxsoftmax.losses._dense import soft_cross_entropy
+from jaxsoftmax.models._functional import linear_logits
+from jaxsoftmax.models._functional import mlp_logits
 
 RTOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-10}
 DTYPES = [np.float32, np.float64]

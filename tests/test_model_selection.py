@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxsoftmax._solvers import softmax_regression_hessian
+from jaxsoftmax.training._solvers import softmax_regression_hessian
 from jaxsoftmax.model_selection import CrossValidation
 from jaxsoftmax.model_selection import Panel
 from jaxsoftmax.model_selection import TrainConfig

@@ -9,12 +9,12 @@ import optax
 import pytest
 
 from jaxsoftmax import data
-from jaxsoftmax._gradients import mlp_grad
-from jaxsoftmax._gradients import softmax_regression_grad
-from jaxsoftmax._models import linear_init
-from jaxsoftmax._models import linear_logits
-from jaxsoftmax._models import mlp_init
-from jaxsoftmax._models import mlp_logits
+from jaxsoftmax.models._gradients import mlp_grad
+from jaxsoftmax.models._gradients import softmax_regression_grad
+from jaxsoftmax.models._functional import linear_init
+from jaxsoftmax.models._functional import linear_logits
+from jaxsoftmax.models._functional import mlp_init
+from jaxsoftmax.models._functional import mlp_logits
 from jaxsoftmax.nn import MLP
 from jaxsoftmax.nn import SoftmaxRegression
 

@@ -10,11 +10,11 @@ import optax
 import pytest
 
 from jaxsoftmax import data
-from jaxsoftmax._gradients import softmax_regression_loss
-from jaxsoftmax._gradients import softmax_regression_value_and_grad
-from jaxsoftmax._optim import OPTIMIZERS
-from jaxsoftmax._optim import make_optimizer
-from jaxsoftmax._optim import make_schedule
+from jaxsoftmax.models._gradients import softmax_regression_loss
+from jaxsoftmax.models._gradients import softmax_regression_value_and_grad
+from jaxsoftmax.training._optim import OPTIMIZERS
+from jaxsoftmax.training._optim import make_optimizer
+from jaxsoftmax.training._optim import make_schedule
 
 # Learning rates that suit each rule on standardized digits.
 LEARNING_RATES = {

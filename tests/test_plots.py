@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from jaxsoftmax import metrics
-from jaxsoftmax._training import History
+from jaxsoftmax.training._fit import History
 from jaxsoftmax.plots import plot_confusion_matrix
 from jaxsoftmax.plots import plot_reliability_diagram
 from jaxsoftmax.plots import plot_training_curves

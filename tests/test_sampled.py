@@ -19,11 +19,11 @@ import pytest
 import scipy.stats
 
 from jaxsoftmax import cross_entropy
-from jaxsoftmax import _sampled
+from jaxsoftmax.losses import _sampled
 from jaxsoftmax import samplers
-from jaxsoftmax._sampled import negative_sampling_loss
-from jaxsoftmax._sampled import nce_loss
-from jaxsoftmax._sampled import sampled_softmax_loss
+from jaxsoftmax.losses._sampled import negative_sampling_loss
+from jaxsoftmax.losses._sampled import nce_loss
+from jaxsoftmax.losses._sampled import sampled_softmax_loss
 
 REDUCTIONS = ("none", "sum", "mean")
 # Same float64 formula computed two ways (gathers vs a dense reference).
@@ -437,7 +437,7 @@ def test_shared_set_of_query_dependent_sampler_is_the_rows_mixture():
   m = 8
 
   def draw(key):
-    return _sampled._candidates(key, x, sampler, m, True, True)[:2]
+    return _sampled.candidates(key, x, sampler, m, True, True)[:2]
 
   keys = jax.random.split(jax.random.key(11), 1000)
   ids, log_count = jax.jit(jax.vmap(draw))(keys)

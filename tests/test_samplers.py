@@ -15,7 +15,7 @@ import pytest
 from scipy import stats
 
 from jaxsoftmax import samplers
-from jaxsoftmax.samplers import _alias_tables
+from jaxsoftmax.samplers._base import _alias_tables
 
 K = 50
 NUM_DRAWS = 200_000

@@ -17,7 +17,7 @@ import pytest
 
 from jaxsoftmax import fused_linear_cross_entropy
 from jaxsoftmax import linear_init
-from jaxsoftmax._training import fit
+from jaxsoftmax.training._fit import fit
 from jaxsoftmax.sharded import shard_params
 from jaxsoftmax.sharded import vocab_parallel_cross_entropy
 

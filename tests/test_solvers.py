@@ -11,14 +11,14 @@ from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 
 from jaxsoftmax import data
-from jaxsoftmax._gradients import softmax_regression_loss
-from jaxsoftmax._gradients import softmax_regression_value_and_grad
-from jaxsoftmax._solvers import lbfgs_solve
-from jaxsoftmax._solvers import newton_solve
-from jaxsoftmax._solvers import ravel_linear_params
-from jaxsoftmax._solvers import softmax_regression_hessian
-from jaxsoftmax._solvers import softmax_regression_hvp
-from jaxsoftmax._solvers import unravel_linear_params
+from jaxsoftmax.models._gradients import softmax_regression_loss
+from jaxsoftmax.models._gradients import softmax_regression_value_and_grad
+from jaxsoftmax.training._solvers import lbfgs_solve
+from jaxsoftmax.training._solvers import newton_solve
+from jaxsoftmax.training._solvers import ravel_linear_params
+from jaxsoftmax.training._solvers import softmax_regression_hessian
+from jaxsoftmax.training._solvers import softmax_regression_hvp
+from jaxsoftmax.training._solvers import unravel_linear_params
 
 RTOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-10}
 BATCH, FEATURES, CLASSES = 12, 3, 4

@@ -8,8 +8,8 @@ import pytest
 
 from jaxsoftmax import samplers
 from jaxsoftmax import sparse
-from jaxsoftmax._sampled import sampled_softmax_loss
-from jaxsoftmax._step import make_train_step
+from jaxsoftmax.losses._sampled import sampled_softmax_loss
+from jaxsoftmax.training._step import make_train_step
 
 K, D, B, M = 50, 4, 6, 5
 TIGHT = dict(rtol=1e-12, atol=1e-12)

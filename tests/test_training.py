@@ -15,7 +15,7 @@ import optax
 import pytest
 
 import jaxsoftmax as js
-from jaxsoftmax._training import History, TrainingDiverged, fit
+from jaxsoftmax.training._fit import History, TrainingDiverged, fit
 
 SGD = optax.sgd(0.1, momentum=0.9)
 PLAIN_SGD = optax.sgd(0.5)

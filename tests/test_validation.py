@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import jaxsoftmax as js
-from jaxsoftmax import _validation as v
+from jaxsoftmax._core import validation as v
 from jaxsoftmax import metrics
 
 N, K = 4096, 64

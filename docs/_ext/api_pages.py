@@ -35,20 +35,18 @@ SUBMODULE_LAYER = {
 # Public submodules that ``jaxsoftmax/__init__.py`` does not import.
 NOT_IMPORTED = ("plots",)
 
-# Defining module (first component below ``jaxsoftmax``) -> layer. Both the
-# current private modules and the layer subpackages of the redesign are
-# listed, so a move keeps each name on its page.
+# Defining module below ``jaxsoftmax`` -> layer: its file within a layer
+# subpackage when listed (``losses._fused``), else the subpackage.
 LAYER_OF = {
-    "_numerics": "core", "_core": "core", "_validation": "core", "_io": "core",
-    "_models": "models", "models": "models",
-    "_losses": "losses", "losses": "losses", "_gradients": "gradients",
-    "_fused": "large_k", "_sampled": "large_k", "_hierarchical": "large_k",
-    "_gather": "large_k", "_midx": "large_k", "samplers": "large_k",
-    "sparse": "large_k", "_sparse": "large_k",
+    "_core": "core",
+    "models": "models", "models._gradients": "gradients",
+    "losses": "losses", "losses._fused": "large_k",
+    "losses._sampled": "large_k", "losses._hierarchical": "large_k",
+    "losses._class_based": "large_k", "_core.gather": "large_k",
+    "samplers": "large_k", "sparse": "large_k",
     "sharded": "sharded",
-    "_training": "training", "training": "training", "_optim": "training",
-    "_solvers": "training", "_checkpoint": "training", "_augment": "training",
-    "_inference": "evaluation", "evaluation": "evaluation",
+    "training": "training",
+    "evaluation": "evaluation",
     "model_selection": "model_selection", "large_vocab": "large_vocab",
     "data": "data",
     "reporting": "reporting", "plots": "reporting",
@@ -90,7 +88,7 @@ def public_names(module):
 
   Without ``__all__`` a name counts when it does not start with an underscore
   and is a public ``jaxsoftmax`` submodule or an object defined inside the
-  package (a re-export such as ``from jaxsoftmax._losses import cross_entropy
+  package (a re-export such as ``from jaxsoftmax.losses._dense import cross_entropy
   as cross_entropy``); imported helpers such as ``jnp`` do not.
   """
   if hasattr(module, "__all__"):
@@ -151,8 +149,10 @@ def render_pages():
     value = getattr(package, name)
     if isinstance(value, types.ModuleType):
       continue
-    part = _defining_module(value).split(".")[1:2]
-    by_layer[LAYER_OF.get(part[0] if part else "", "other")].append(name)
+    parts = _defining_module(value).split(".")[1:3]
+    layer = LAYER_OF.get(".".join(parts)) or LAYER_OF.get(
+        parts[0] if parts else "", "other")
+    by_layer[layer].append(name)
   submodules = [n for n in public_names(package)
                 if isinstance(getattr(package, n), types.ModuleType)]
   submodules += [n for n in NOT_IMPORTED if n not in submodules]

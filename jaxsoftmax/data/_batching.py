@@ -8,7 +8,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxsoftmax import _validation as v
+from jaxsoftmax._core import validation as v
 
 
 def batches(

@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from jaxsoftmax import _io
+from jaxsoftmax._core import io as _io
 
 
 def data_dir() -> Path:

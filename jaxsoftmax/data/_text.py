@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from jaxsoftmax import _validation as v
+from jaxsoftmax._core import validation as v
 from jaxsoftmax.data._cache import GCIDE, _atomic_savez
 from jaxsoftmax.data._gcide import _clean_gcide, _gcide_entries
 

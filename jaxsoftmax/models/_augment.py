@@ -6,8 +6,8 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from jaxsoftmax import _numerics
-from jaxsoftmax import _validation as v
+from jaxsoftmax._core import numerics as _numerics
+from jaxsoftmax._core import validation as v
 
 
 def mixup(

@@ -30,8 +30,8 @@ import jax.numpy as jnp
 from jax.typing import DTypeLike
 import numpy as np
 
-from jaxsoftmax import _io
-from jaxsoftmax import _validation as v
+from jaxsoftmax._core import io as _io
+from jaxsoftmax._core import validation as v
 
 # The entry of a params file that holds its format version and leaf dtypes; the
 # other entries are the leaves, named by their pytree path.

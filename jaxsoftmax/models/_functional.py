@@ -16,8 +16,8 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike, DTypeLike
 import numpy as np
 
-from jaxsoftmax import _numerics
-from jaxsoftmax import _validation as v
+from jaxsoftmax._core import numerics as _numerics
+from jaxsoftmax._core import validation as v
 
 LinearParams = dict[str, jax.Array]
 MLPParams = list[dict[str, jax.Array]]

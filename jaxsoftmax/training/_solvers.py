@@ -36,11 +36,11 @@ from jax.typing import ArrayLike
 import numpy as np
 import optax
 
-from jaxsoftmax import _gradients
-from jaxsoftmax import _models
-from jaxsoftmax import _numerics
-from jaxsoftmax import _optim
-from jaxsoftmax import _validation
+from jaxsoftmax.models import _gradients
+from jaxsoftmax.models import _functional as _models
+from jaxsoftmax._core import numerics as _numerics
+from jaxsoftmax.training import _optim
+from jaxsoftmax._core import validation as _validation
 
 # Armijo's sufficient-decrease constant and the most halvings of the step.
 _ARMIJO_C1 = 1e-4
@@ -77,7 +77,7 @@ def ravel_linear_params(params: _models.LinearParams) -> jax.Array:
 
   Examples:
     >>> import jax.numpy as jnp
-    >>> from jaxsoftmax._solvers import ravel_linear_params
+    >>> from jaxsoftmax.training._solvers import ravel_linear_params
     >>> w, b = jnp.array([[1.0, 2.0], [3.0, 4.0]]), jnp.array([5.0, 6.0])
     >>> params = {"w": w, "b": b}
     >>> ravel_linear_params(params).tolist()
@@ -102,7 +102,7 @@ def unravel_linear_params(
 
   Examples:
     >>> import jax.numpy as jnp
-    >>> from jaxsoftmax._solvers import unravel_linear_params
+    >>> from jaxsoftmax.training._solvers import unravel_linear_params
     >>> params = unravel_linear_params(jnp.arange(6.0), 2)
     >>> params["w"].shape, params["b"].tolist()
     ((2, 2), [4.0, 5.0])
@@ -165,7 +165,7 @@ def softmax_regression_hessian(
 
   Examples:
     >>> import jax.numpy as jnp
-    >>> from jaxsoftmax._solvers import softmax_regression_hessian
+    >>> from jaxsoftmax import softmax_regression_hessian
     >>> params = {"w": jnp.zeros((3, 4)), "b": jnp.zeros(4)}
     >>> x, labels = jnp.ones((2, 3)), jnp.array([0, 3])
     >>> softmax_regression_hessian(params, x, labels).shape
@@ -244,7 +244,7 @@ def softmax_regression_hvp(
 
   Examples:
     >>> import jax.numpy as jnp
-    >>> from jaxsoftmax._solvers import softmax_regression_hvp
+    >>> from jaxsoftmax import softmax_regression_hvp
     >>> params = {"w": jnp.zeros((3, 4)), "b": jnp.zeros(4)}
     >>> v = {"w": jnp.ones((3, 4)), "b": jnp.zeros(4)}
     >>> hv = softmax_regression_hvp(params, jnp.ones((2, 3)), jnp.array([0, 3]),
@@ -346,7 +346,7 @@ def newton_solve(
 
   Examples:
     >>> import jax.numpy as jnp
-    >>> from jaxsoftmax._solvers import newton_solve
+    >>> from jaxsoftmax import newton_solve
     >>> x = jnp.sin(jnp.arange(120.0)).reshape(40, 3)
     >>> labels = jnp.argmax(x, axis=1)
     >>> params = {"w": jnp.zeros((3, 3)), "b": jnp.zeros(3)}
@@ -500,7 +500,7 @@ def lbfgs_solve(
 
   Examples:
     >>> import jax.numpy as jnp
-    >>> from jaxsoftmax._solvers import lbfgs_solve
+    >>> from jaxsoftmax import lbfgs_solve
     >>> def loss(w, target):
     ...   return jnp.sum((w - target) ** 2) + jnp.sum(w ** 4)
     >>> target = jnp.array([1.0, 2.0, 3.0])
@@ -567,7 +567,7 @@ def _lbfgs(loss_fn, memory_size, params, args, max_iter, tol):
 def _check_problem(params, x, labels, l2):
   w, b = params["w"], params["b"]
   _models.check_layer("params", w, b)
-  x, labels = _gradients._check_batch(x, labels, w.shape[0], w.shape[1])
+  x, labels = _gradients.check_batch(x, labels, w.shape[0], w.shape[1])
   _validation.check_nonnegative("l2", l2)
   return x, labels
 

@@ -38,10 +38,12 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from jaxsoftmax import _gather
-from jaxsoftmax import _losses
-from jaxsoftmax import _validation as v
+from jaxsoftmax._core import gather as _gather
+from jaxsoftmax._core import reduction as _reduction
+from jaxsoftmax.losses import _dense as _losses
+from jaxsoftmax._core import validation as v
 from jaxsoftmax import samplers as _samplers
+from jaxsoftmax.samplers import _base as _sampler_base
 
 
 def _check_inputs(x, w, b, labels, sampler, num_samples, weights,
@@ -58,12 +60,12 @@ def _check_inputs(x, w, b, labels, sampler, num_samples, weights,
   v.check_rank("x", x, 2, "[batch, num_features]")
   w, b = _as_table(w), _as_table(b)
   if isinstance(w, _gather.Rows):
-    _check_sampler(sampler)
+    check_sampler(sampler)
     num_features = _gather.table_shape("w", w, 2)[1]
   else:
     v.check_floating("w", w)
     v.check_rank("w", w, 2, "[num_features, num_classes]")
-    _check_sampler(sampler, w)
+    check_sampler(sampler, w)
     num_features = w.shape[0]
   num_classes = sampler.num_classes
   if isinstance(b, _gather.Rows):
@@ -78,7 +80,7 @@ def _check_inputs(x, w, b, labels, sampler, num_samples, weights,
     )
   v.check_integer("labels", labels)
   v.check_same_shape("labels", labels, x.shape[:1], "[batch]")
-  _samplers._check_num_samples(num_samples)
+  _sampler_base.check_num_samples(num_samples)
   v.check_reduction(reduction)
   v.check_ignore_index(ignore_index)
   v.check_labels_in_range("labels", labels, num_classes, ignore_index)
@@ -99,7 +101,7 @@ def _as_table(w):
   return w if isinstance(w, _gather.Rows) else jnp.asarray(w)
 
 
-def _check_sampler(sampler, w=None):
+def check_sampler(sampler, w=None):
   """Raises unless ``sampler`` is a Sampler (over ``w``'s ``K`` columns)."""
   if not isinstance(sampler, _samplers.Sampler):
     raise TypeError(
@@ -137,7 +139,7 @@ def _nan_if_out_of_range(in_range, valid, dtype):
   return jnp.where(in_range | ~valid, 0, jnp.nan).astype(dtype)
 
 
-def _candidates(key, x, sampler, num_samples, shared, replace,
+def candidates(key, x, sampler, num_samples, shared, replace,
                 max_draws=None):
   """Candidate ids, their log expected counts, and which slots hold a class.
 
@@ -156,7 +158,7 @@ def _candidates(key, x, sampler, num_samples, shared, replace,
       )
     k_rows, k_draw = jax.random.split(key)
     rows = jax.random.randint(k_rows, (num_samples,), 0, x.shape[0])
-    ids = _samplers._draw_rows(sampler, k_draw, x[rows], 1)[:, 0]
+    ids = _sampler_base.draw_rows(sampler, k_draw, x[rows], 1)[:, 0]
     log_q = _mixture_log_prob(sampler, x, ids)
   else:
     ids, log_q = sampler.sample(
@@ -179,7 +181,7 @@ def _mixture_log_prob(sampler, x, ids):
   O(B n) log-probabilities: one ``[B, n]`` table.
   """
   rows = jnp.broadcast_to(ids, x.shape[:1] + ids.shape)
-  log_q = _samplers._log_prob_rows(sampler, x, rows)
+  log_q = _sampler_base.log_prob_rows(sampler, x, rows)
   return jax.nn.logsumexp(log_q, axis=0) - math.log(x.shape[0])
 
 
@@ -305,7 +307,7 @@ def sampled_softmax_loss(
   acc = _gather.accumulation(x, w, b)
   batch, num_classes = x.shape[0], sampler.num_classes
   valid, in_range, safe = _rows(labels, num_classes, ignore_index)
-  ids, log_count, filled = _candidates(
+  ids, log_count, filled = candidates(
       key, x, sampler, num_samples, shared, replace, max_draws)
   keep = _broadcast_rows(filled, batch)
   if remove_accidental_hits:
@@ -341,7 +343,7 @@ def _logistic_rows(true_logit, cand_logit, keep_true, keep, valid, weights,
   rows = jnp.sum(jnp.where(mask, elems, 0), axis=1)
   rows = jnp.where(valid, weights * rows, 0)
   denom = jnp.sum(jnp.where(valid, weights, 0))
-  return _losses._reduce(rows, denom, reduction)
+  return _reduction.reduce(rows, denom, reduction)
 
 
 def nce_loss(
@@ -420,7 +422,7 @@ def nce_loss(
   acc = _gather.accumulation(x, w, b)
   batch, num_classes = x.shape[0], sampler.num_classes
   valid, in_range, safe = _rows(labels, num_classes, ignore_index)
-  ids, log_count, keep = _candidates(key, x, sampler, num_samples, shared,
+  ids, log_count, keep = candidates(key, x, sampler, num_samples, shared,
                                      replace=True)
   keep = _broadcast_rows(keep, batch)
   if remove_accidental_hits:
@@ -518,7 +520,7 @@ def negative_sampling_loss(
   acc = _gather.accumulation(x, w, b)
   batch, num_classes = x.shape[0], sampler.num_classes
   valid, in_range, safe = _rows(labels, num_classes, ignore_index)
-  ids, _, keep = _candidates(key, x, sampler, num_samples, shared, replace,
+  ids, _, keep = candidates(key, x, sampler, num_samples, shared, replace,
                              max_draws)
   keep = _broadcast_rows(keep, batch)
   if remove_accidental_hits:

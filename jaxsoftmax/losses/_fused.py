@@ -21,13 +21,12 @@ import jax.numpy as jnp
 from jax import lax
 from jax.typing import ArrayLike
 
-from jaxsoftmax import _numerics
-from jaxsoftmax import _validation as v
-from jaxsoftmax._losses import _reduce
-from jaxsoftmax._losses import _row_scale
+from jaxsoftmax._core import numerics as _numerics
+from jaxsoftmax._core import reduction as _reduction
+from jaxsoftmax._core import validation as v
 
 
-class _Config(NamedTuple):
+class FusedConfig(NamedTuple):
   """Static options of the fused op (hashable, passed as nondiff args)."""
 
   chunk: int
@@ -66,7 +65,7 @@ def _num_blocks(num_classes, cfg):
   return -(-num_classes // cfg.chunk)
 
 
-def _row_stats(x, w, b, y, cfg):
+def row_stats(x, w, b, y, cfg):
   """One streaming pass over the class blocks for the rows ``x`` [N, d].
 
   Returns:
@@ -116,12 +115,12 @@ def _split_rows(a, cfg):
 
 
 def row_statistics(x, w, b, y, cfg):
-  """:func:`_row_stats` for all rows, ``cfg.rows`` rows at a time.
+  """:func:`row_stats` for all rows, ``cfg.rows`` rows at a time.
 
   Returns:
     (lse [N], target logit [N], sum of finite logits [N], their count [N]).
   """
-  stats = lambda xy: _row_stats(xy[0], w, b, xy[1], cfg)
+  stats = lambda xy: row_stats(xy[0], w, b, xy[1], cfg)
   return tuple(
       a.reshape(-1)
       for a in lax.map(stats, (_split_rows(x, cfg), _split_rows(y, cfg)))
@@ -170,7 +169,7 @@ def backward_coefficients(cts, y, weights, lse, loss, valid, count, denom,
   """
   ct, ct_lse = cts
   in_range = (y >= 0) & (y < num_classes)
-  scale = _row_scale(ct, denom, cfg.reduction)
+  scale = _reduction.row_scale(ct, denom, cfg.reduction)
   coef = jnp.where(valid, jnp.where(in_range, scale * weights, jnp.nan), 0)
   safe_lse = jnp.where(valid, lse, 0)
   a = coef * (1 + 2 * cfg.z_loss * safe_lse) + jnp.where(valid, ct_lse, 0)
@@ -253,7 +252,7 @@ def _fused_fwd(x, w, b, y, weights, keep, cfg):
       lse, target, total, count, y, keep, num_classes, cfg
   )
   denom = jnp.sum(jnp.where(valid, weights, 0))
-  out = _reduce(weights * loss, denom, cfg.reduction)
+  out = _reduction.reduce(weights * loss, denom, cfg.reduction)
   lse_out = jnp.where(valid, lse, -jnp.inf)
   return (out, lse_out), (x, w, b, y, weights, lse, loss, valid, count, denom)
 
@@ -423,7 +422,7 @@ def fused_linear_cross_entropy(
     v.check_nonnegative("weights", weights)
     weights = weights.reshape(-1).astype(acc)
   rows = n if row_chunk_size is None else min(row_chunk_size, max(n, 1))
-  cfg = _Config(
+  cfg = FusedConfig(
       chunk=min(chunk_size, num_classes),
       rows=max(rows, 1),
       label_smoothing=float(label_smoothing),

@@ -1,49 +1,6 @@
-r"""Proposal distributions over classes for sampled softmax, NCE and negatives.
-
-A sampler is a pytree (a frozen dataclass registered with
-``jax.tree_util.register_dataclass``): its tables are array leaves and its
-sizes are static, so it can be passed through ``jit``, closed over, or
-``vmap``-ed over keys. Every sampler answers two questions, for one query
-vector or for a batch of them:
-
-- ``sample(key, queries, num_samples, *, replace=True) -> (ids, log_q)``
-- ``log_prob(queries, ids) -> log_q``, the per-draw log-probability
-  :math:`\log q(k \mid x)`.
-
-``queries`` is ``[..., d]`` (one candidate set per query: ``ids`` is
-``[..., num_samples]``) or ``None`` (one candidate set shared by the batch:
-``ids`` is ``[num_samples]``). The samplers here are *static*: their
-distribution ignores the query's values. A query-dependent sampler (such as
-the MIDX sampler, whose proposal is built from the query's product-quantized
-score) subclasses :class:`Sampler` with ``query_dependent = True`` and
-implements the same two per-query hooks; it inherits the batching and the
-without-replacement path unchanged.
-
-What ``log_q`` means:
-
-- ``replace=True``: the ``num_samples`` ids are i.i.d. draws from
-  :math:`q`, and ``log_q`` is :math:`\log q(k)`, normalized over the
-  ``num_classes`` classes. Each draw costs O(1).
-- ``replace=False``: the ids are distinct and ``log_q`` is the log of the
-  id's *inclusion probability* :math:`\pi_k` (see :meth:`Sampler.sample`), the
-  quantity a Horvitz-Thompson estimator divides by. It is not normalized:
-  :math:`\sum_k \pi_k \approx` ``num_samples``. Slots that could not be filled
-  (see ``max_draws``) hold id 0 with ``log_q = +inf``, that is weight
-  :math:`1 / \pi = 0`.
-
-The losses in ``jaxsoftmax`` turn either into an expected count: :math:`m
-q(k)` with replacement, :math:`\pi_k` without.
-
-References:
-  A. J. Walker, "An efficient method for generating discrete random variables
-  with general distributions", ACM TOMS 3(3) (1977); M. D. Vose, "A linear
-  algorithm for generating random numbers with a given distribution", IEEE
-  TSE 17(9) (1991); W. Kool, H. van Hoof, M. Welling, "Stochastic beams and
-  where to find them: the Gumbel-top-k trick for sampling sequences without
-  replacement", ICML (2019); N. Duffield, C. Lund, M. Thorup, "Priority
-  sampling for estimation of arbitrary subset sums", JACM 54(6) (2007);
-  TensorFlow's ``log_uniform_candidate_sampler`` and
-  ``fixed_unigram_candidate_sampler``.
+"""The sampler interface, the batching and without-replacement machinery
+every sampler inherits, and Walker's alias tables (see
+:mod:`jaxsoftmax.samplers`).
 """
 
 from __future__ import annotations
@@ -59,23 +16,15 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 import numpy as np
 
-from jaxsoftmax import _validation as v
+from jaxsoftmax._core import validation as v
 
-__all__ = [
-    "AliasSampler",
-    "MidxSampler",
-    "Sampler",
-    "UniformSampler",
-    "log_uniform",
-    "midx",
-    "uniform",
-    "unigram",
-]
 
 # Inclusion probabilities and per-draw log-probabilities are float32 whatever
 # the x64 setting: they are Monte Carlo weights, and float32 keeps the tables
 # half the size.
 _FLOAT = jnp.float32
+
+
 _INDEX = jnp.int32
 
 
@@ -101,7 +50,7 @@ def _max_horizon(num_classes: int) -> int:
   return 1024 * num_classes * max(1, math.ceil(math.log(num_classes)))
 
 
-def _check_num_samples(num_samples) -> int:
+def check_num_samples(num_samples) -> int:
   if not isinstance(num_samples, (int, np.integer)) or isinstance(
       num_samples, bool
   ):
@@ -254,7 +203,7 @@ class Sampler(abc.ABC):
       ([0, 1, 2, 3], True)
     """
     v.check_prng_key("key", key)
-    m = _check_num_samples(num_samples)
+    m = check_num_samples(num_samples)
     if not isinstance(replace, bool):
       raise TypeError(f"replace must be a bool; got {replace!r}.")
     if not replace and m > self.support_size:
@@ -331,7 +280,7 @@ class Sampler(abc.ABC):
       )
 
 
-def _draw_rows(sampler, key, queries, n):
+def draw_rows(sampler, key, queries, n):
   """``[N, n]`` i.i.d. draws, one row per query (one row for ``None``)."""
   if queries is None:
     return sampler._draw(key, None, n)[None, :].astype(_INDEX)
@@ -347,7 +296,7 @@ def _draw_rows(sampler, key, queries, n):
   return ids.astype(_INDEX)
 
 
-def _log_prob_rows(sampler, queries, ids):
+def log_prob_rows(sampler, queries, ids):
   """``_log_prob`` for ``[N, n]`` ids, one row per query."""
   if queries is None:
     return sampler._log_prob(None, ids)
@@ -357,7 +306,7 @@ def _log_prob_rows(sampler, queries, ids):
 
 
 # An eager vmap of a query-dependent sampler dispatches op by op.
-_jit_log_prob_rows = jax.jit(_log_prob_rows)
+_jit_log_prob_rows = jax.jit(log_prob_rows)
 
 
 # Jitted so that eager calls compile the sampling loop once per sampler type,
@@ -369,8 +318,8 @@ def _sample(sampler, key, queries, *, num_samples, replace, horizon):
   """:meth:`Sampler.sample` after validation: one set, or one per query."""
   flat = None if queries is None else _flatten_queries(queries)
   if replace:
-    ids = _draw_rows(sampler, key, flat, num_samples)
-    log_q = _log_prob_rows(sampler, flat, ids)
+    ids = draw_rows(sampler, key, flat, num_samples)
+    log_q = log_prob_rows(sampler, flat, ids)
   else:
     ids, log_q = _sample_distinct(sampler, key, flat, num_samples, horizon)
   shape = (num_samples,) if queries is None else (
@@ -418,7 +367,7 @@ def _sample_distinct(sampler, key, queries, num_samples, horizon):
 
   def body(state):
     ids, times, n, t, rounds = state
-    cand = _draw_rows(sampler, round_keys[2 * rounds], queries, block)
+    cand = draw_rows(sampler, round_keys[2 * rounds], queries, block)
     # Drawn flat: partitionable threefry compiles 2-D shapes several times
     # slower than 1-D ones.
     gaps = jax.random.exponential(
@@ -442,72 +391,9 @@ def _sample_distinct(sampler, key, queries, num_samples, horizon):
   kappa = times[:, m:m + 1] if target == m + 1 else horizon_f
   filled = times[:, :m] < horizon_f
   ids = jnp.where(filled, ids[:, :m], 0)
-  log_q = _log_prob_rows(sampler, queries, ids)
+  log_q = log_prob_rows(sampler, queries, ids)
   log_pi = _log1mexp(jnp.exp(log_q) * kappa)
   return ids, jnp.where(filled, log_pi, jnp.inf)
-
-
-# ----------------------------------------------------------------------------
-# Uniform.
-# ----------------------------------------------------------------------------
-
-
-@functools.partial(
-    jax.tree_util.register_dataclass,
-    data_fields=[],
-    meta_fields=["num_classes"],
-)
-@dataclasses.dataclass(frozen=True)
-class UniformSampler(Sampler):
-  """:math:`q(k) = 1/K`; see :func:`uniform`."""
-
-  num_classes: int
-
-  @property
-  def support_size(self) -> int:
-    return self.num_classes
-
-  def _draw(self, key, query, n):
-    return jax.random.randint(key, (n,), 0, self.num_classes, dtype=_INDEX)
-
-  def _log_prob(self, query, ids):
-    in_range = (ids >= 0) & (ids < self.num_classes)
-    return jnp.where(in_range, -math.log(self.num_classes), jnp.nan).astype(
-        _FLOAT
-    )
-
-
-def uniform(num_classes: int) -> UniformSampler:
-  r"""The uniform proposal, :math:`q(k) = 1/K`.
-
-  Draws cost O(1) (one ``randint``); the sampler holds no arrays. With
-  sampled softmax it needs many samples when the model's distribution is
-  far from uniform (the correction :math:`-\log(m/K)` is the same for every
-  class).
-
-  Args:
-    num_classes: :math:`K \ge 1`.
-
-  Returns:
-    A :class:`UniformSampler`.
-
-  Examples:
-    >>> import jax
-    >>> from jaxsoftmax import samplers
-    >>> ids, log_q = samplers.uniform(10).sample(jax.random.key(0), None, 3)
-    >>> print(ids.shape, f"{float(log_q[0]):.4f}")  # log(1/10)
-    (3,) -2.3026
-
-  References:
-    S. Jean, K. Cho, R. Memisevic, Y. Bengio, "On using very large target
-    vocabulary for neural machine translation", ACL (2015).
-  """
-  return UniformSampler(_check_num_classes(num_classes))
-
-
-# ----------------------------------------------------------------------------
-# Alias-table samplers: log-uniform (Zipfian) and unigram.
-# ----------------------------------------------------------------------------
 
 
 @functools.partial(
@@ -613,45 +499,7 @@ def _alias_sampler(log_p: np.ndarray) -> AliasSampler:
   )
 
 
-def log_uniform(num_classes: int) -> AliasSampler:
-  r"""The log-uniform (Zipfian) proposal of TensorFlow's candidate sampler.
-
-  .. math::
-    q(k) = \frac{\log(k + 2) - \log(k + 1)}{\log(K + 1)}, \qquad
-    k = 0, \dots, K - 1,
-
-  roughly :math:`1 / ((k + 1) \ln K)`: it suits classes sorted by decreasing
-  frequency (word ids by rank), as in TensorFlow's
-  ``log_uniform_candidate_sampler``. TensorFlow inverts the closed-form CDF
-  in float64; in float32 that cannot resolve the tail classes (probability
-  ~1e-7 at K = 1e6), so the distribution is tabulated once, O(K), and drawn
-  with the alias method, O(1) per draw.
-
-  Args:
-    num_classes: :math:`K \ge 1`.
-
-  Returns:
-    An :class:`AliasSampler`.
-
-  Examples:
-    >>> import jax.numpy as jnp
-    >>> from jaxsoftmax import samplers
-    >>> s = samplers.log_uniform(3)
-    >>> print(jnp.round(jnp.exp(s.log_prob(None, jnp.arange(3))), 4))
-    [0.5    0.2925 0.2075]
-
-  References:
-    TensorFlow, ``tf.random.log_uniform_candidate_sampler``; T. Mikolov et
-    al., "Distributed representations of words and phrases and their
-    compositionality", NeurIPS (2013).
-  """
-  k = _check_num_classes(num_classes)
-  ranks = np.arange(k, dtype=np.float64)
-  log_p = np.log(np.log1p(1.0 / (ranks + 1.0))) - np.log(np.log(k + 1.0))
-  return _alias_sampler(log_p)
-
-
-def _count_log_weights(
+def count_log_weights(
     counts: ArrayLike, power: float, num_classes: int | None = None
 ) -> np.ndarray:
   r"""Validated, normalized :math:`\log (c_k^{\alpha} / \sum_j c_j^{\alpha})`.
@@ -723,47 +571,3 @@ def _count_log_weights(
     log_w = np.where(c > 0, power * (np.log(c) - np.log(c.max())), -np.inf)
   shift = np.log(np.sum(np.exp(log_w)))
   return log_w - shift
-
-
-def unigram(counts: ArrayLike, *, power: float = 0.75) -> AliasSampler:
-  r"""The smoothed unigram proposal, :math:`q(k) \propto c_k^{\alpha}`.
-
-  .. math::
-    q(k) = \frac{c_k^{\alpha}}{\sum_j c_j^{\alpha}}
-
-  with :math:`\alpha` = ``power``: 1 is the empirical class frequency, 0.75
-  the word2vec choice (it flattens the head so rare classes are drawn more
-  often), 0 uniform over the classes seen. Classes with :math:`c_k = 0`
-  get :math:`q(k) = 0` for every power. The table is built once, on the host,
-  O(K); draws are O(1) with the alias method.
-
-  Args:
-    counts: ``[K]`` non-negative finite counts (or weights), not all zero;
-      concrete (build the sampler outside ``jit``).
-    power: :math:`\alpha \ge 0`, a Python float.
-
-  Returns:
-    An :class:`AliasSampler`.
-
-  Raises:
-    TypeError: traced or non-numeric ``counts``.
-    ValueError: wrong rank, empty, negative, non-finite or all-zero counts,
-      or a negative power.
-
-  Examples:
-    >>> import jax.numpy as jnp
-    >>> from jaxsoftmax import samplers
-    >>> s = samplers.unigram(jnp.array([3.0, 1.0, 0.0]), power=1.0)
-    >>> print(jnp.exp(s.log_prob(None, jnp.arange(3))))
-    [0.75 0.25 0.  ]
-
-  References:
-    T. Mikolov et al., "Distributed representations of words and phrases
-    and their compositionality", NeurIPS (2013); TensorFlow,
-    ``tf.random.fixed_unigram_candidate_sampler`` (``distortion``).
-  """
-  return _alias_sampler(_count_log_weights(counts, power))
-
-
-# At the end: the MIDX sampler subclasses Sampler, defined above.
-from jaxsoftmax._midx import MidxSampler, midx  # noqa: E402

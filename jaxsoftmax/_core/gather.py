@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsoftmax import _numerics
+from jaxsoftmax._core import numerics as _numerics
 
 # The id of a padding slot in a Rows view: larger than any class id, so a
 # view stays sorted, and out of range, so a scatter with mode="drop" skips it.

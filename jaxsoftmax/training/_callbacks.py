@@ -23,7 +23,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from jaxsoftmax import _checkpoint
+from jaxsoftmax.training import _checkpoint
 
 
 @dataclasses.dataclass
@@ -172,7 +172,7 @@ class Checkpointer:
   ``"best_params"``.
 
   Args:
-    checkpoints: the :class:`jaxsoftmax._checkpoint.Checkpoints` to write.
+    checkpoints: the :class:`jaxsoftmax.training._checkpoint.Checkpoints` to write.
     every: save every this many epochs.
     epochs: the run's last epoch.
     key_data: the run's key, as a list of ints.

@@ -15,13 +15,13 @@ from jax.experimental import sparse
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from jaxsoftmax import _losses
-from jaxsoftmax import _models
-from jaxsoftmax import _numerics
-from jaxsoftmax import _validation as v
+from jaxsoftmax.losses import _dense as _losses
+from jaxsoftmax.models import _functional as _models
+from jaxsoftmax._core import numerics as _numerics
+from jaxsoftmax._core import validation as v
 
 
-def _check_batch(x, labels, num_features, num_classes, *, allow_sparse=False):
+def check_batch(x, labels, num_features, num_classes, *, allow_sparse=False):
   if isinstance(x, sparse.BCOO):
     if not allow_sparse:
       _models.check_dense("x", x)
@@ -239,7 +239,7 @@ def softmax_regression_value_and_grad(
   """
   w, b = params["w"], params["b"]
   _models.check_layer("params", w, b)
-  x, labels = _check_batch(
+  x, labels = check_batch(
       x, labels, w.shape[0], w.shape[1], allow_sparse=True
   )
   v.check_nonnegative("l1", l1)
@@ -387,7 +387,7 @@ def mlp_value_and_grad(
   _models.check_dense("x", x)
   _models.check_mlp(params, jnp.shape(x))
   num_classes = params[-1]["w"].shape[1]
-  x, labels = _check_batch(x, labels, params[0]["w"].shape[0], num_classes)
+  x, labels = check_batch(x, labels, params[0]["w"].shape[0], num_classes)
   v.check_nonnegative("l1", l1)
   v.check_nonnegative("l2", l2)
   class_weights = _check_class_weights(class_weights, num_classes)
@@ -498,7 +498,7 @@ def naive_jacobian_grad(
   """
   w, b = params["w"], params["b"]
   _models.check_layer("params", w, b)
-  x, labels = _check_batch(x, labels, w.shape[0], w.shape[1])
+  x, labels = check_batch(x, labels, w.shape[0], w.shape[1])
   num_classes = w.shape[1]
   dlogits, _ = _softmax_minus_onehot(_models.linear_logits(params, x), labels)
   dlogits = dlogits.astype(w.dtype) / x.shape[0]

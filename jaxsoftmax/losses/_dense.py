@@ -17,27 +17,9 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 import numpy as np
 
-from jaxsoftmax import _numerics
-from jaxsoftmax import _validation as v
-
-
-def _reduce(rows: jax.Array, denom: jax.Array, reduction: str) -> jax.Array:
-  """Applies ``reduction`` to weighted per-row losses ``rows`` of shape [N]."""
-  if reduction == "none":
-    return rows
-  total = jnp.sum(rows)
-  if reduction == "sum":
-    return total
-  # An all-ignored batch (denominator 0) has mean 0, not NaN, so padded
-  # batches are harmless.
-  return jnp.where(denom > 0, total / jnp.where(denom > 0, denom, 1), 0)
-
-
-def _row_scale(ct: jax.Array, denom: jax.Array, reduction: str) -> jax.Array:
-  """d(reduced loss)/d(row i) times the incoming cotangent: [N] or scalar."""
-  if reduction == "mean":
-    return jnp.where(denom > 0, ct / jnp.where(denom > 0, denom, 1), 0)
-  return ct
+from jaxsoftmax._core import numerics as _numerics
+from jaxsoftmax._core import reduction as _reduction
+from jaxsoftmax._core import validation as v
 
 
 # ----------------------------------------------------------------------------
@@ -101,7 +83,7 @@ def _cross_entropy(h, y, w, label_smoothing, ignore_index, reduction):
 def _cross_entropy_fwd(h, y, w, label_smoothing, ignore_index, reduction):
   loss, lse, valid = _ce_rows(h, y, label_smoothing, ignore_index)
   denom = jnp.sum(jnp.where(valid, w, 0))
-  out = _reduce(w * loss, denom, reduction)
+  out = _reduction.reduce(w * loss, denom, reduction)
   return out, (h, y, w, lse, loss, valid, denom)
 
 
@@ -109,7 +91,7 @@ def _cross_entropy_bwd(label_smoothing, ignore_index, reduction, res, ct):
   h, y, w, lse, loss, valid, denom = res
   num_classes = h.shape[-1]
   hf = _numerics.upcast(h)
-  scale = _row_scale(ct, denom, reduction)
+  scale = _reduction.row_scale(ct, denom, reduction)
   # Row-level cases live in the [N] coefficient, so the [N, K] pass below is
   # one multiply: 0 for ignored / fully masked rows, NaN for a valid row whose
   # label is out of range (the jit-time signal, as in the forward pass).
@@ -306,14 +288,14 @@ def _soft_cross_entropy(h, t, reduction):
 def _soft_cross_entropy_fwd(h, t, reduction):
   loss, lse, valid = _soft_ce_rows(h, t)
   denom = jnp.sum(valid)
-  return _reduce(loss, denom, reduction), (h, t, lse, valid, denom)
+  return _reduction.reduce(loss, denom, reduction), (h, t, lse, valid, denom)
 
 
 def _soft_cross_entropy_bwd(reduction, res, ct):
   h, t, lse, valid, denom = res
   hf = _numerics.upcast(h)
   tf = t.astype(hf.dtype)
-  coef = jnp.where(valid, _row_scale(ct, denom, reduction), 0)[..., None]
+  coef = jnp.where(valid, _reduction.row_scale(ct, denom, reduction), 0)[..., None]
   p = _numerics.softmax_from_lse(hf, jnp.where(valid, lse, -jnp.inf))
   # d/dh of -sum_j t_j log p_j = (sum_j t_j) p - t; d/dt_j = -log p_j.
   dh = coef * (jnp.sum(tf, axis=-1, keepdims=True) * p - tf)
@@ -401,7 +383,7 @@ def _bce_elems(h, y):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _binary_cross_entropy(h, y, reduction):
   elems = _bce_elems(h, y)
-  return _reduce(elems, jnp.asarray(elems.size, elems.dtype), reduction)
+  return _reduction.reduce(elems, jnp.asarray(elems.size, elems.dtype), reduction)
 
 
 def _binary_cross_entropy_fwd(h, y, reduction):
@@ -412,7 +394,7 @@ def _binary_cross_entropy_bwd(reduction, res, ct):
   h, y = res
   hf = _numerics.upcast(h)
   yf = y.astype(hf.dtype)
-  scale = _row_scale(ct, jnp.asarray(h.size, hf.dtype), reduction)
+  scale = _reduction.row_scale(ct, jnp.asarray(h.size, hf.dtype), reduction)
   dh = scale * (jax.nn.sigmoid(hf) - yf)
   dy = -scale * hf
   return dh.astype(h.dtype), dy.astype(y.dtype)

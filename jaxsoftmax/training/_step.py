@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from jax.typing import DTypeLike
 import optax
 
-from jaxsoftmax import _gather
+from jaxsoftmax._core import gather as _gather
 from jaxsoftmax import sparse
 
 Step = Callable[[Any, Any, Any, Any], tuple[Any, Any, dict[str, jax.Array]]]
@@ -190,7 +190,7 @@ def make_train_step(
   table is gathered as a :class:`jaxsoftmax.sparse.Rows` view (tables named
   with the *same* ids array share one deduplication), ``loss_fn`` gets params
   whose table leaves are those views (the losses accept them; an embedding
-  lookup uses ``jaxsoftmax._gather.lookup``), the gradient is taken with
+  lookup uses ``jaxsoftmax._core.gather.lookup``), the gradient is taken with
   respect to the views' values and the other leaves, and
   :func:`jaxsoftmax.sparse.apply_updates` updates only those rows of the
   tables and of their optimizer state: :math:`O(nd)` for :math:`n` rows,
@@ -227,7 +227,7 @@ def make_train_step(
 
   Examples:
     >>> import jax, jax.numpy as jnp, optax
-    >>> from jaxsoftmax._step import make_train_step
+    >>> from jaxsoftmax import make_train_step
     >>> def loss_fn(params, batch, key):
     ...   return jnp.mean((batch[0] @ params["w"] - batch[1]) ** 2)
     >>> opt = optax.sgd(0.5)

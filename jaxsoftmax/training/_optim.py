@@ -23,8 +23,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxsoftmax import _losses
-from jaxsoftmax import _validation as v
+from jaxsoftmax.losses import _dense as _losses
+from jaxsoftmax._core import validation as v
 
 OPTIMIZERS = (
     "sgd",
@@ -96,7 +96,7 @@ def make_schedule(
       value out of range.
 
   Examples:
-    >>> from jaxsoftmax._optim import make_schedule
+    >>> from jaxsoftmax import make_schedule
     >>> schedule = make_schedule("step", 0.1, decay_rate=0.5, decay_steps=10)
     >>> [round(float(schedule(t)), 6) for t in (0, 9, 10, 25)]
     [0.1, 0.1, 0.05, 0.025]
@@ -243,7 +243,7 @@ def make_optimizer(
 
   Examples:
     >>> import jax, jax.numpy as jnp, optax
-    >>> from jaxsoftmax._optim import make_optimizer
+    >>> from jaxsoftmax import make_optimizer
     >>> opt = make_optimizer("adamw", 1e-2, weight_decay=1e-4, clip_norm=1.0,
     ...                      schedule="cosine", total_steps=100)
     >>> params = {"w": jnp.ones((3, 2)), "b": jnp.zeros(2)}

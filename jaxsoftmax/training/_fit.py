@@ -27,12 +27,12 @@ from jax.typing import ArrayLike, DTypeLike
 import numpy as np
 import optax
 
-from jaxsoftmax import _callbacks
-from jaxsoftmax import _checkpoint
-from jaxsoftmax import _gradients
-from jaxsoftmax import _numerics
-from jaxsoftmax import _step
-from jaxsoftmax import _validation as v
+from jaxsoftmax.training import _callbacks
+from jaxsoftmax.training import _checkpoint
+from jaxsoftmax.models import _gradients
+from jaxsoftmax._core import numerics as _numerics
+from jaxsoftmax.training import _step
+from jaxsoftmax._core import validation as v
 from jaxsoftmax import sharded
 
 # Default evaluation chunk: bounds the [chunk, K] logits held at once.
@@ -191,7 +191,7 @@ def _train_epoch(
 ):
   """The optimizer steps over ``batches`` (row indices), scanned.
 
-  Each step (:func:`jaxsoftmax._step.make_train_step`, guarded) gathers its
+  Each step (:func:`jaxsoftmax.make_train_step`, guarded) gathers its
   own rows, so the epoch never holds a second, shuffled copy of the dataset.
   With ``batch_sharding`` (a ``NamedSharding``) the minibatch is laid out as
   it says, e.g. rows split over a data axis. With a ``step_key``, step ``t``
@@ -798,12 +798,11 @@ def fit(
   steps as a ``lax.scan`` (the data is passed as an argument, never baked
   into the program), and the results come back to the host once per epoch.
 
-  Each step is :func:`jaxsoftmax._step.make_train_step`'s (guarded); between
-  epochs, small callbacks (:mod:`jaxsoftmax._callbacks`) check for NaNs,
-  track the best epoch, draw the progress bar and save checkpoints. The
-  keyword options are grouped and validated as :class:`StepOptions`,
-  :class:`EvalOptions`, :class:`CheckpointOptions` and
-  :class:`ShardingOptions`.
+  Each step is :func:`jaxsoftmax.make_train_step`'s (guarded); between
+  epochs, small callbacks check for NaNs, track the best epoch, draw the
+  progress bar and save checkpoints. The keyword options are grouped and
+  validated as frozen dataclasses (step, evaluation, checkpoint and sharding
+  options) before anything runs.
 
   Gradients: ``value_and_grad_fn(params, x, y, **loss_kwargs)`` when given;
   otherwise the hand-derived :func:`softmax_regression_value_and_grad` or

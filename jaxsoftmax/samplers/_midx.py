@@ -58,135 +58,19 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 import numpy as np
 
-from jaxsoftmax import _validation as v
-from jaxsoftmax import samplers as _samplers
+from jaxsoftmax._core import validation as v
+from jaxsoftmax.samplers import _base
+from jaxsoftmax.samplers._base import _INDEX
+from jaxsoftmax.samplers._kmeans import kmeans
+
 
 MODES = ("uniform", "pop", "exact")
-_INDEX = jnp.int32
-
-
-# ----------------------------------------------------------------------------
-# k-means.
-# ----------------------------------------------------------------------------
-
-
-class KMeans(NamedTuple):
-  """A k-means fit.
-
-  Attributes:
-    centroids: ``[k, h]``.
-    assignment: ``[n]`` int32, the nearest centroid of each point.
-    objective: ``[iterations + 1]``, the mean squared distance to the
-      nearest centroid at the start and after each Lloyd iteration; never
-      increases.
-  """
-
-  centroids: jax.Array
-  assignment: jax.Array
-  objective: jax.Array
-
-
-def _sq_distances(points, centroids):
-  """``[n, k]`` squared distances, clamped at 0 against cancellation."""
-  d2 = (jnp.sum(points * points, axis=1)[:, None]
-        - 2.0 * points @ centroids.T
-        + jnp.sum(centroids * centroids, axis=1)[None, :])
-  return jnp.maximum(d2, 0.0)
-
-
-def _kmeans_pp(key, points, k):
-  """k-means++ seeding: each new centroid drawn with probability ~ D(x)^2."""
-  n = points.shape[0]
-  first = jax.random.randint(jax.random.fold_in(key, 0), (), 0, n)
-  centroids = jnp.zeros((k, points.shape[1]), points.dtype).at[0].set(
-      points[first])
-  min_d2 = jnp.sum((points - points[first][None, :]) ** 2, axis=1)
-
-  def body(j, state):
-    centroids, min_d2 = state
-    # All points coincide with a centroid: any pick is as good (log 0 would
-    # make every logit -inf).
-    logits = jnp.where(jnp.sum(min_d2) > 0, jnp.log(min_d2), 0.0)
-    pick = jax.random.categorical(jax.random.fold_in(key, j), logits)
-    centroids = centroids.at[j].set(points[pick])
-    d2 = jnp.sum((points - points[pick][None, :]) ** 2, axis=1)
-    return centroids, jnp.minimum(min_d2, d2)
-
-  return jax.lax.fori_loop(1, k, body, (centroids, min_d2))[0]
-
-
-def _lloyd(points, centroids, iterations):
-  """Lloyd iterations; an emptied centroid moves to the farthest point."""
-  k = centroids.shape[0]
-
-  def assign(centroids):
-    d2 = _sq_distances(points, centroids)
-    assignment = jnp.argmin(d2, axis=1).astype(_INDEX)
-    return assignment, jnp.take_along_axis(d2, assignment[:, None], 1)[:, 0]
-
-  def body(centroids, _):
-    assignment, min_d2 = assign(centroids)
-    sums = jax.ops.segment_sum(points, assignment, k)
-    counts = jax.ops.segment_sum(jnp.ones_like(min_d2), assignment, k)
-    means = sums / jnp.maximum(counts, 1.0)[:, None]
-    # Re-seed each empty cluster at one of the points farthest from their
-    # centroids (a distinct one each): the point's distance drops to 0 and
-    # no other term grows, so the objective still cannot increase.
-    empty = counts == 0
-    far = jax.lax.top_k(min_d2, min(k, points.shape[0]))[1]
-    rank = jnp.clip(jnp.cumsum(empty) - 1, 0, far.shape[0] - 1)
-    centroids = jnp.where(empty[:, None], points[far[rank]], means)
-    return centroids, jnp.mean(min_d2)
-
-  centroids, history = jax.lax.scan(body, centroids, None, length=iterations)
-  assignment, min_d2 = assign(centroids)
-  return centroids, assignment, jnp.append(history, jnp.mean(min_d2))
-
-
-@functools.partial(jax.jit, static_argnames=("num_clusters", "iterations"))
-def kmeans(
-    key: jax.Array,
-    points: ArrayLike,
-    num_clusters: int,
-    *,
-    iterations: int = 10,
-    init: ArrayLike | None = None,
-) -> KMeans:
-  r"""k-means (Lloyd's algorithm) with k-means++ seeding, jitted.
-
-  Minimizes :math:`J = \frac{1}{n} \sum_j \min_c \|x_j - \mu_c\|^2`. Each
-  iteration assigns every point to its nearest centroid and moves every
-  centroid to the mean of its points; a centroid left without points is
-  re-seeded at a point far from its centroid, so no codeword is wasted and
-  :math:`J` never increases. O(n k h) per iteration.
-
-  Args:
-    key: a ``jax.random`` key for the seeding.
-    points: ``[n, h]``, ``n >= num_clusters``.
-    num_clusters: :math:`k`.
-    iterations: Lloyd iterations.
-    init: ``[k, h]`` starting centroids (a warm start, e.g. the previous
-      codebook), or None for k-means++.
-
-  Returns:
-    A :class:`KMeans`.
-  """
-  points = jnp.asarray(points)
-  centroids = (_kmeans_pp(key, points, num_clusters) if init is None
-               else jnp.asarray(init, points.dtype))
-  return KMeans(*_lloyd(points, centroids, iterations))
-
-
-# ----------------------------------------------------------------------------
-# Bucket tables.
-# ----------------------------------------------------------------------------
 
 
 def _segmented_cumsum(values, starts):
@@ -246,11 +130,6 @@ def _search(cdf, lo, count, u, steps):
   return jax.lax.fori_loop(0, steps, body, (lo, hi))[0]
 
 
-# ----------------------------------------------------------------------------
-# The sampler.
-# ----------------------------------------------------------------------------
-
-
 @functools.partial(
     jax.tree_util.register_dataclass,
     data_fields=["codebook1", "codebook2", "codes1", "codes2", "order",
@@ -259,7 +138,7 @@ def _search(cdf, lo, count, u, steps):
                  "kmeans_iters", "nonzero", "with_bias"],
 )
 @dataclasses.dataclass(frozen=True)
-class MidxSampler(_samplers.Sampler):
+class MidxSampler(_base.Sampler):
   r"""The MIDX proposal over ``num_classes`` classes; see :func:`midx`.
 
   A pytree: the index arrays are leaves, so the sampler passes through
@@ -328,13 +207,13 @@ class MidxSampler(_samplers.Sampler):
     return super().sample(key, queries, num_samples, replace=replace,
                           max_draws=max_draws)
 
-  sample.__doc__ = _samplers.Sampler.sample.__doc__
+  sample.__doc__ = _base.Sampler.sample.__doc__
 
   def log_prob(self, queries, ids):
     self._check_query_dim(queries)
     return super().log_prob(queries, ids)
 
-  log_prob.__doc__ = _samplers.Sampler.log_prob.__doc__
+  log_prob.__doc__ = _base.Sampler.log_prob.__doc__
 
   def _check_query_dim(self, queries):
     if queries is not None and jnp.shape(queries)[-1:] != (self.num_features,):
@@ -602,7 +481,7 @@ def midx(
     if counts is None:
       raise ValueError("mode='pop' weights classes by popularity: pass"
                        " counts of shape [num_classes].")
-    log_rho = _samplers._count_log_weights(counts, power, num_classes)
+    log_rho = _base.count_log_weights(counts, power, num_classes)
     nonzero = int(np.isfinite(log_rho).sum())
   else:
     if counts is not None:

@@ -20,10 +20,10 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 import optax
 
-from jaxsoftmax import _losses
-from jaxsoftmax import _models
-from jaxsoftmax import _numerics
-from jaxsoftmax import _validation as v
+from jaxsoftmax.losses import _dense as _losses
+from jaxsoftmax.models import _functional as _models
+from jaxsoftmax._core import numerics as _numerics
+from jaxsoftmax._core import validation as v
 
 LogitsFn = Callable[[Any, jax.Array], jax.Array]
 
