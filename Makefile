@@ -19,8 +19,10 @@ $(STAMP): pyproject.toml
 
 # Some tests read the real datasets, so a fresh machine fetches them first (a
 # no-op once cached); without them, tests that need the data would skip.
+# The suite runs on TEST_WORKERS processes (pytest-xdist; auto: one per core).
+TEST_WORKERS ?= auto
 test: $(STAMP) data data-fashion data-text
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 # The MNIST job; `data` is a quick no-op once MNIST is cached.
 demo: $(STAMP) data

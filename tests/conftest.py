@@ -3,6 +3,10 @@ full-precision float32 matmuls on accelerators."""
 
 import os
 
+# `make test` runs the suite on several pytest-xdist processes, which may
+# share one accelerator: none of them takes most of its memory up front.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
 # Eight simulated CPU devices for the sharded tests; must be set before jax is
 # imported. On a machine with accelerators this only affects the CPU backend.
 _FLAG = "--xla_force_host_platform_device_count=8"

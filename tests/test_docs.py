@@ -18,6 +18,10 @@ from pathlib import Path
 
 import pytest
 
+# The notebooks execute once per run (the execute_notebook fixture), so the
+# notebook and docs tests share one pytest-xdist worker.
+pytestmark = pytest.mark.xdist_group("notebooks")
+
 # The generator decides what a public name is; the test checks that each one
 # got its entry in the built pages.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "docs" / "_ext"))
@@ -40,7 +44,9 @@ PUBLIC_MODULES = [
 ]
 
 
-@pytest.fixture(scope="module")
+# Session scope: under pytest-xdist the group's tests may interleave with
+# other modules', and the site is built once all the same.
+@pytest.fixture(scope="session")
 def site(tmp_path_factory, execute_notebook):
   """Builds the HTML site into a temporary folder; returns that folder."""
   executed = {execute_notebook(path).parent for path in NOTEBOOKS}

@@ -5,6 +5,10 @@ from pathlib import Path
 import jupytext
 import pytest
 
+# The notebooks execute once per run (the execute_notebook fixture), so the
+# notebook and docs tests share one pytest-xdist worker.
+pytestmark = pytest.mark.xdist_group("notebooks")
+
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.py"))
 
 
