@@ -27,6 +27,8 @@ import types
 import typing
 from typing import Any, TypeVar
 
+from jaxsoftmax import reporting
+
 C = TypeVar("C")
 
 
@@ -96,3 +98,27 @@ def parse(config_type: type[C], argv: list[str] | None = None, *,
     return dataclasses.replace(config, **given)
   except (TypeError, ValueError) as e:
     parser.error(str(e))
+
+
+def check_positive(config: Any, names: tuple[str, ...]) -> None:
+  """Raises ValueError naming the first of ``names`` whose value (each item
+  of a tuple) is below 1; None passes."""
+  for name in names:
+    value = getattr(config, name)
+    items = value if isinstance(value, tuple) else (value,)
+    if value is not None and min(items, default=0) < 1:
+      raise ValueError(f"{name} must be positive, got {value}")
+
+
+def main(config_type: type[C], run: Any, report: Any, name: str,
+         description: str, argv: list[str] | None = None) -> dict[str, Any]:
+  """The command line of a script whose ``run(config, workdir)`` draws a
+  figure: parse, run into the results folder, report, save
+  ``results/<name>[_quick].json``."""
+  config = parse(config_type, argv, description=description)
+  results = run(config, reporting.RESULTS_DIR)
+  report(results)
+  suffix = "_quick" if config.quick_mode else ""
+  path = reporting.save_results(f"{name}{suffix}", results)
+  print(f"wrote {path} and {results['figure']}")
+  return results

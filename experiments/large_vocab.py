@@ -148,13 +148,10 @@ class Config:
     if not self.budget_seconds > 0:
       raise ValueError(
           f"budget_seconds must be positive, got {self.budget_seconds}")
-    for name in ("num_samples", "contrastive_samples", "batch_size",
-                 "context", "embed_dim", "hidden_dim", "eval_examples",
-                 "checkpoints", "max_tokens"):
-      value = getattr(self, name)
-      if value is not None and min(value if isinstance(value, tuple)
-                                   else (value,), default=0) < 1:
-        raise ValueError(f"{name} must be positive, got {value}")
+    _cli.check_positive(self, ("num_samples", "contrastive_samples",
+                              "batch_size", "context", "embed_dim",
+                              "hidden_dim", "eval_examples", "checkpoints",
+                              "max_tokens"))
 
   def quick(self) -> Config:
     """Tiny K and budget, one sampled configuration."""

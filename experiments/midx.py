@@ -130,14 +130,11 @@ class Config:
     if not self.budget_seconds > 0 or not self.learning_rate > 0:
       raise ValueError("budget_seconds and learning_rate must be positive,"
                        f" got {self.budget_seconds} and {self.learning_rate}")
-    for name in ("num_samples", "refresh_every", "batch_size", "context",
-                 "embed_dim", "hidden_dim", "eval_examples", "checkpoints",
-                 "probe", "gradient_rows", "same_model_codewords",
-                 "max_tokens"):
-      value = getattr(self, name)
-      if value is not None and min(value if isinstance(value, tuple)
-                                   else (value,), default=0) < 1:
-        raise ValueError(f"{name} must be positive, got {value}")
+    _cli.check_positive(self, ("num_samples", "refresh_every", "batch_size",
+                              "context", "embed_dim", "hidden_dim",
+                              "eval_examples", "checkpoints", "probe",
+                              "gradient_rows", "same_model_codewords",
+                              "max_tokens"))
 
   def quick(self) -> Config:
     """A tiny vocabulary and budget: the smoke test."""

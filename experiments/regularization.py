@@ -248,12 +248,7 @@ def report(results: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-  config = _cli.parse(Config, argv, description=__doc__.splitlines()[0])
-  results = run(config, reporting.RESULTS_DIR)
-  report(results)
-  suffix = "_quick" if config.quick_mode else ""
-  path = reporting.save_results(f"regularization{suffix}", results)
-  print(f"wrote {path} and {results['figure']}")
+  _cli.main(Config, run, report, "regularization", __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":

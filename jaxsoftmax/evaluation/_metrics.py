@@ -1,24 +1,7 @@
-r"""Metrics for softmax classifiers: accuracy, F1, ROC-AUC, calibration.
-
-Every metric is a pure ``jax.numpy`` function of ``logits`` or ``probs``
-(``[num_examples, num_classes]``) and integer ``labels`` (``[num_examples]``),
-so it runs under ``jax.jit`` and ``jax.vmap``; sizes that fix an output shape
-(``num_classes``, ``num_bins``, ``k``) are static Python ints. The values
-match scikit-learn's (the tests compare them), including its conventions:
-confusion-matrix rows are true classes, undefined precision / recall / F1 are
-0 (``zero_division=0``), and ROC-AUC counts tied scores as half a win.
-
-The negative log-likelihood is :func:`jaxsoftmax.cross_entropy`; it is not
-repeated here.
-
-Dtypes: a metric of floating inputs comes back in their accumulation dtype
-(float32 for float16 / bfloat16, else the input dtype); one of integer inputs
-only (precision, recall, F1) in JAX's default float dtype.
-
-Bad labels: outside ``jit`` a label outside ``[0, num_classes)`` raises
-``ValueError``. Under ``jit`` it cannot be checked, so every floating metric
-of such a batch is NaN (never a silently wrong number) and
-:func:`confusion_matrix` leaves the row out.
+"""Classification metrics: accuracy, top-k accuracy, the confusion matrix,
+precision / recall / F1 and one-vs-rest ROC-AUC. Their conventions (shapes,
+dtypes, scikit-learn's tie and zero-division rules, bad labels) are stated
+once, in :mod:`jaxsoftmax.metrics`, which re-exports them.
 """
 
 from __future__ import annotations
