@@ -295,7 +295,8 @@ def _soft_cross_entropy_bwd(reduction, res, ct):
   h, t, lse, valid, denom = res
   hf = _numerics.upcast(h)
   tf = t.astype(hf.dtype)
-  coef = jnp.where(valid, _reduction.row_scale(ct, denom, reduction), 0)[..., None]
+  scale = _reduction.row_scale(ct, denom, reduction)
+  coef = jnp.where(valid, scale, 0)[..., None]
   p = _numerics.softmax_from_lse(hf, jnp.where(valid, lse, -jnp.inf))
   # d/dh of -sum_j t_j log p_j = (sum_j t_j) p - t; d/dt_j = -log p_j.
   dh = coef * (jnp.sum(tf, axis=-1, keepdims=True) * p - tf)
@@ -383,7 +384,8 @@ def _bce_elems(h, y):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _binary_cross_entropy(h, y, reduction):
   elems = _bce_elems(h, y)
-  return _reduction.reduce(elems, jnp.asarray(elems.size, elems.dtype), reduction)
+  return _reduction.reduce(
+      elems, jnp.asarray(elems.size, elems.dtype), reduction)
 
 
 def _binary_cross_entropy_fwd(h, y, reduction):
