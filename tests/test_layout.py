@@ -26,6 +26,7 @@ PUBLIC = {
     'jaxsoftmax.metrics': ['ReliabilityDiagram', 'accuracy', 'average_calibration_error', 'confusion_matrix', 'expected_calibration_error', 'precision_recall_f1', 'reliability_diagram', 'roc_auc_ovr', 'top_k_accuracy'],
     'jaxsoftmax.model_selection': ['CrossValidation', 'Panel', 'ScalingSweep', 'TrainConfig', 'cross_validate', 'elastic_net_grid', 'evaluate_linear', 'hessian_top_eigenvalue', 'kfold_indices', 'linear_scaling_sweep', 'plot_panels', 'regularization_path', 'scaled_learning_rates', 'train_softmax_regression', 'weight_sparsity'],
     'jaxsoftmax.nn': ['MLP', 'SoftmaxRegression'],
+    'jaxsoftmax.plots': ['plot_confusion_matrix', 'plot_reliability_diagram', 'plot_training_curves', 'plot_weight_templates'],
     'jaxsoftmax.reporting': ['alternate', 'block', 'compiled_memory', 'executable_memory', 'format_bytes', 'format_table', 'gemm_gflops', 'machine', 'median', 'save_results'],
     'jaxsoftmax.samplers': ['AliasSampler', 'MidxSampler', 'Sampler', 'UniformSampler', 'log_uniform', 'midx', 'uniform', 'unigram'],
     'jaxsoftmax.sharded': ['cross_entropy', 'feature_parallel_cross_entropy', 'pad_classes', 'shard_params', 'vocab_parallel_cross_entropy', 'vocab_parallel_predict', 'vocab_parallel_top_k'],
